@@ -1,1 +1,25 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod artifact;
+mod clock;
+mod embeddings;
+mod error;
+mod model;
+mod runs;
+mod samples;
+mod status;
+mod store;
+mod tasks;
+mod url;
+
+pub use artifact::{ArtifactHash, ArtifactStore};
+pub use clock::Clock;
+pub use error::StoreError;
+pub use model::{
+    BatchOutcome, Claim, Completion, Event, Failure, NewSample, NewTask, Outcome, ReasonCount, Run,
+    RunId, RunState, SampleCount, SampleId, SampleRecord, SampleState, TaskCount, TaskId,
+    TaskRecord, TaskState,
+};
+pub use store::{POSTGRES_MIGRATOR, SQLITE_MIGRATOR, Store, StoreOptions};
+pub use url::{Backend, StoreUrl, redact};

@@ -1,0 +1,375 @@
+//! Tasks: claim with a lease, then complete or fail, each checkpoint fenced by the lease.
+//!
+//! A lease is (`task`, `owner`, `attempt`): claiming increments `attempts`, so a worker whose
+//! lease expired and was claimed again can never write over the new holder; and a write after
+//! `lease_expires_at` is refused even if nobody re-claimed, so an expired lease fails loudly.
+//! Completing a task and readying its dependents is one transaction.
+
+use std::time::Duration;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+
+use crate::StoreError;
+use crate::error::query;
+use crate::model::{
+    BatchOutcome, Claim, Completion, Failure, Outcome, RunId, SampleId, TaskId, TaskRecord,
+    TaskState,
+};
+use crate::store::{EventRow, Store, get, insert_event};
+use crate::url::Backend;
+
+const CLAIM_SQLITE: &str = "\
+UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
+WHERE id IN ( \
+    SELECT id FROM tasks \
+    WHERE run_id = $4 AND stage = $5 \
+      AND ((state = 'ready' AND not_before <= $3) OR (state = 'leased' AND lease_expires_at < $3)) \
+    ORDER BY id LIMIT $6) \
+RETURNING id, sample_id, stage, item, attempts";
+
+const CLAIM_POSTGRES: &str = "\
+UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
+WHERE id IN ( \
+    SELECT id FROM tasks \
+    WHERE run_id = $4 AND stage = $5 \
+      AND ((state = 'ready' AND not_before <= $3) OR (state = 'leased' AND lease_expires_at < $3)) \
+    ORDER BY id LIMIT $6 \
+    FOR UPDATE SKIP LOCKED) \
+RETURNING id, sample_id, stage, item, attempts";
+
+/// The lease predicate every checkpoint carries: `$a` id, `$b` owner, `$c` attempt, `$d` now.
+const COMPLETE: &str = "\
+UPDATE tasks SET state = $1, output_json = $2, output_artifact = $3, cache_key = COALESCE($4, cache_key), \
+    endpoint = $5, latency_ms = $6, prompt_tokens = $7, completion_tokens = $8, \
+    lease_owner = NULL, lease_expires_at = NULL, error_class = NULL, error_message = NULL, \
+    updated_at = $9, finished_at = $9 \
+WHERE id = $10 AND state = 'leased' AND lease_owner = $11 AND attempts = $12 AND lease_expires_at >= $9";
+
+const READY_DEPENDENTS: &str = "\
+UPDATE tasks SET deps_pending = deps_pending - 1, \
+    state = CASE WHEN deps_pending = 1 AND state = 'blocked' THEN 'ready' ELSE state END, \
+    updated_at = $2 \
+WHERE id IN (SELECT task_id FROM task_deps WHERE dep_id = $1)";
+
+const FAIL: &str = "\
+UPDATE tasks SET state = $1, not_before = $2, error_class = $3, error_message = $4, \
+    lease_owner = NULL, lease_expires_at = NULL, updated_at = $5, finished_at = $6 \
+WHERE id = $7 AND state = 'leased' AND lease_owner = $8 AND attempts = $9 AND lease_expires_at >= $5";
+
+/// Longest error message kept per task; the rest is cut (messages can quote whole replies).
+const MAX_ERROR_MESSAGE: usize = 2_000;
+
+impl Store {
+    /// Claims up to `limit` claimable tasks of `stage` (ready and due, or leased with an expired
+    /// lease), oldest first, leasing them to `owner` for `lease`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn claim(
+        &self,
+        run: &RunId,
+        stage: &str,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        const OP: &str = "claim tasks";
+        let now = self.now();
+        let expires = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let sql = match self.backend() {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        };
+        let mut tx = self.write(OP).await?;
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(expires)
+            .bind(now)
+            .bind(&run.0)
+            .bind(stage)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query(OP))?;
+        tx.commit().await.map_err(query(OP))?;
+        let mut claims = rows
+            .iter()
+            .map(|row| {
+                Ok(Claim {
+                    id: TaskId(get(row, "id", OP)?),
+                    sample: SampleId(get(row, "sample_id", OP)?),
+                    stage: get(row, "stage", OP)?,
+                    item: get(row, "item", OP)?,
+                    attempt: get(row, "attempts", OP)?,
+                    owner: owner.to_string(),
+                    lease_expires_at: expires,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claims.sort_by_key(|c| c.id);
+        Ok(claims)
+    }
+
+    /// Checkpoints one completed task and readies its dependents.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease expired or was taken over (nothing written).
+    pub async fn complete(&self, completion: &Completion) -> Result<(), StoreError> {
+        let outcome = self
+            .complete_batch(std::slice::from_ref(completion))
+            .await?;
+        match outcome.lost.first() {
+            Some(task) => Err(StoreError::LeaseLost {
+                task: task.0,
+                attempt: completion.attempt,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checkpoints many completed tasks in one transaction. Tasks whose lease was lost write
+    /// nothing and are listed in the outcome; the others are written.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when a statement fails (then nothing is written).
+    pub async fn complete_batch(
+        &self,
+        completions: &[Completion],
+    ) -> Result<BatchOutcome, StoreError> {
+        const OP: &str = "complete tasks";
+        let now = self.now();
+        let mut tx = self.write(OP).await?;
+        let mut outcome = BatchOutcome::default();
+        for c in completions {
+            let state = match c.outcome {
+                Outcome::Done => TaskState::Done,
+                Outcome::Skipped => TaskState::Skipped,
+            };
+            let written = sqlx::query(COMPLETE)
+                .bind(state.as_str())
+                .bind(c.output_json.as_deref())
+                .bind(c.output_artifact.as_deref())
+                .bind(c.cache_key.as_deref())
+                .bind(c.endpoint.as_deref())
+                .bind(c.latency_ms)
+                .bind(c.prompt_tokens)
+                .bind(c.completion_tokens)
+                .bind(now)
+                .bind(c.task.0)
+                .bind(&c.owner)
+                .bind(c.attempt)
+                .execute(&mut *tx)
+                .await
+                .map_err(query(OP))?
+                .rows_affected();
+            if written == 1 {
+                ready_dependents(&mut tx, c.task, now).await?;
+                outcome.written += 1;
+            } else {
+                outcome.lost.push(c.task);
+            }
+        }
+        tx.commit().await.map_err(query(OP))?;
+        Ok(outcome)
+    }
+
+    /// Records failed attempts in one transaction: back to `ready` at `retry_at`, or `failed`
+    /// for good (with an event). Lost leases write nothing and are listed.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when a statement fails.
+    pub async fn fail_batch(&self, failures: &[Failure]) -> Result<BatchOutcome, StoreError> {
+        const OP: &str = "fail tasks";
+        let now = self.now();
+        let mut tx = self.write(OP).await?;
+        let mut outcome = BatchOutcome::default();
+        for f in failures {
+            let message = truncate(&f.message, MAX_ERROR_MESSAGE);
+            let (state, not_before, finished) = match f.retry_at {
+                Some(at) => (TaskState::Ready, at, None),
+                None => (TaskState::Failed, 0, Some(now)),
+            };
+            let written = sqlx::query(FAIL)
+                .bind(state.as_str())
+                .bind(not_before)
+                .bind(&f.class)
+                .bind(message)
+                .bind(now)
+                .bind(finished)
+                .bind(f.task.0)
+                .bind(&f.owner)
+                .bind(f.attempt)
+                .execute(&mut *tx)
+                .await
+                .map_err(query(OP))?
+                .rows_affected();
+            if written != 1 {
+                outcome.lost.push(f.task);
+                continue;
+            }
+            outcome.written += 1;
+            if f.retry_at.is_none() {
+                let row = sqlx::query("SELECT run_id, sample_id FROM tasks WHERE id = $1")
+                    .bind(f.task.0)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query(OP))?;
+                let run: String = get(&row, "run_id", OP)?;
+                let sample: String = get(&row, "sample_id", OP)?;
+                let detail = format!("{}: {message}", f.class);
+                insert_event(
+                    &mut tx,
+                    EventRow {
+                        run: &run,
+                        at: now,
+                        actor: &f.owner,
+                        kind: "task_failed",
+                        sample: Some(&sample),
+                        task: Some(f.task.0),
+                        detail: Some(&detail),
+                    },
+                )
+                .await?;
+            }
+        }
+        tx.commit().await.map_err(query(OP))?;
+        Ok(outcome)
+    }
+
+    /// Records one failed attempt.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease expired or was taken over (nothing written).
+    pub async fn fail(&self, failure: &Failure) -> Result<(), StoreError> {
+        let outcome = self.fail_batch(std::slice::from_ref(failure)).await?;
+        match outcome.lost.first() {
+            Some(task) => Err(StoreError::LeaseLost {
+                task: task.0,
+                attempt: failure.attempt,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns tasks whose lease expired to `ready`, so they are visible as such in `status`
+    /// (claims take expired leases anyway). Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when a statement fails.
+    pub async fn reclaim_expired(&self, run: &RunId, actor: &str) -> Result<u64, StoreError> {
+        const OP: &str = "reclaim expired leases";
+        let now = self.now();
+        let mut tx = self.write(OP).await?;
+        let reclaimed = sqlx::query(
+            "UPDATE tasks SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, updated_at = $2 \
+             WHERE run_id = $1 AND state = 'leased' AND lease_expires_at < $2",
+        )
+        .bind(&run.0)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(query(OP))?
+        .rows_affected();
+        if reclaimed > 0 {
+            let detail = reclaimed.to_string();
+            insert_event(
+                &mut tx,
+                EventRow {
+                    run: &run.0,
+                    at: now,
+                    actor,
+                    kind: "leases_reclaimed",
+                    sample: None,
+                    task: None,
+                    detail: Some(&detail),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(query(OP))?;
+        Ok(reclaimed)
+    }
+
+    /// One task.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] or [`StoreError::Query`].
+    pub async fn task(&self, task: TaskId) -> Result<TaskRecord, StoreError> {
+        const OP: &str = "read task";
+        let row = sqlx::query(
+            "SELECT id, sample_id, stage, item, state, deps_pending, attempts, lease_owner, output_json, output_artifact, error_class, error_message \
+             FROM tasks WHERE id = $1",
+        )
+        .bind(task.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(OP))?
+        .ok_or_else(|| StoreError::NotFound { what: "task", id: task.0.to_string() })?;
+        task_from_row(&row)
+    }
+
+    /// A sample's tasks, in creation order.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn tasks_of_sample(&self, sample: &SampleId) -> Result<Vec<TaskRecord>, StoreError> {
+        const OP: &str = "list tasks";
+        let rows = sqlx::query(
+            "SELECT id, sample_id, stage, item, state, deps_pending, attempts, lease_owner, output_json, output_artifact, error_class, error_message \
+             FROM tasks WHERE sample_id = $1 ORDER BY id",
+        )
+        .bind(&sample.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query(OP))?;
+        rows.iter().map(task_from_row).collect()
+    }
+}
+
+async fn ready_dependents(
+    tx: &mut Transaction<'static, Any>,
+    task: TaskId,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(READY_DEPENDENTS)
+        .bind(task.0)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(query("ready dependents"))?;
+    Ok(())
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
+    const OP: &str = "read task";
+    let state: String = get(row, "state", OP)?;
+    Ok(TaskRecord {
+        id: TaskId(get(row, "id", OP)?),
+        sample: SampleId(get(row, "sample_id", OP)?),
+        stage: get(row, "stage", OP)?,
+        item: get(row, "item", OP)?,
+        state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
+            what: "task state",
+            detail: state,
+        })?,
+        deps_pending: get(row, "deps_pending", OP)?,
+        attempts: get(row, "attempts", OP)?,
+        lease_owner: get(row, "lease_owner", OP)?,
+        output_json: get(row, "output_json", OP)?,
+        output_artifact: get(row, "output_artifact", OP)?,
+        error_class: get(row, "error_class", OP)?,
+        error_message: get(row, "error_message", OP)?,
+    })
+}
