@@ -227,6 +227,8 @@ struct RawStage {
     id: Spanned<String>,
     body: StageSection,
     needs: Vec<usize>,
+    /// Some `needs` named no stage (reported); "not upstream" errors would only repeat that.
+    unresolved_needs: bool,
 }
 
 struct Compiler {
@@ -1032,6 +1034,7 @@ impl Compiler {
                 id,
                 body,
                 needs: Vec::new(),
+                unresolved_needs: false,
             });
         }
         if raw.is_empty() && self.error_count() == errors_before {
@@ -1108,6 +1111,7 @@ impl Compiler {
         let names: Vec<String> = raw.iter().map(|s| s.id.value.clone()).collect();
         for i in 0..raw.len() {
             let mut needs = Vec::new();
+            let mut unresolved = false;
             for need in &raw[i].body.needs {
                 match index.get(&need.value) {
                     Some(&j) if j == i => {
@@ -1128,6 +1132,7 @@ impl Compiler {
                         }
                     }
                     None => {
+                        unresolved = true;
                         let help = did_you_mean(need, names.iter().map(String::as_str))
                             .map(|s| format!("did you mean `{s}`?"));
                         self.error(
@@ -1140,6 +1145,7 @@ impl Compiler {
                 }
             }
             raw[i].needs = needs;
+            raw[i].unresolved_needs = unresolved;
         }
         let has_cycle = self.report_cycles(&raw);
         let ancestors: Vec<BTreeSet<usize>> =
@@ -1183,6 +1189,10 @@ impl Compiler {
             .zip(&ops)
             .zip(&schemas)
             .map(|((stage, op), schema)| {
+                if stage.body.schema.is_some() && schema.is_none() {
+                    // The schema failed to load and was reported; do not guess its fields.
+                    return Provided::Opaque;
+                }
                 output_shape(op.as_ref(), schema.as_ref(), stage.body.for_each.is_some())
             })
             .collect();
@@ -1499,6 +1509,9 @@ impl Compiler {
             ))
         } else if let Some(j) = scope.raw.iter().position(|s| s.id.value == head) {
             if !scope.ancestors.contains(&j) {
+                if scope.raw[scope.stage].unresolved_needs {
+                    return;
+                }
                 let me = &scope.raw[scope.stage].id.value;
                 self.error(
                     format!("`{head}` is a stage, but not upstream of `{me}`"),
@@ -1602,6 +1615,9 @@ impl Compiler {
             return None;
         };
         if !scope.ancestors.contains(&j) {
+            if scope.raw[scope.stage].unresolved_needs {
+                return None;
+            }
             let me = &scope.raw[scope.stage].id.value;
             self.error(
                 format!("`{stage}` is not upstream of `{me}`"),
@@ -1609,6 +1625,9 @@ impl Compiler {
             )
             .help = Some(format!("add `{stage}` to the `needs` of `{me}`"));
             return None;
+        }
+        if scope.ops[j].is_none() {
+            return None; // its operator was already reported
         }
         if !matches!(scope.ops[j], Some(Operator::Edit { .. })) {
             self.error(
@@ -1687,6 +1706,9 @@ impl Compiler {
             return None;
         };
         if !scope.ancestors.contains(&j) {
+            if scope.raw[scope.stage].unresolved_needs {
+                return None;
+            }
             let me = &scope.raw[scope.stage].id.value;
             self.error(format!("`{stage}` is not upstream of `{me}`"), value.span)
                 .help = Some(format!("add `{stage}` to the `needs` of `{me}`"));
@@ -1764,7 +1786,7 @@ impl Compiler {
         if let Err(error) = jsonschema::meta::validate(&value) {
             let pointer = error.instance_path().to_string();
             let last = pointer.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
-            let span = locate_key(&text, last).map_or(
+            let span = locate_pointer(&text, &pointer).map_or(
                 Span {
                     source: id,
                     line: 1,
@@ -2036,10 +2058,18 @@ fn prompt_error_message(error: &edir_prompt::PromptError) -> String {
     }
 }
 
-/// Byte offset of `"key"` in JSON text.
-fn locate_key(text: &str, key: &str) -> Option<usize> {
-    if key.is_empty() {
-        return None;
+/// Byte offset of the last key of a JSON pointer (`/properties/query/type`) in JSON text,
+/// found by searching each key after the previous one (good enough for hand-written schemas).
+fn locate_pointer(text: &str, pointer: &str) -> Option<usize> {
+    let mut from = 0;
+    let mut found = None;
+    for key in pointer
+        .split('/')
+        .filter(|k| !k.is_empty() && k.parse::<usize>().is_err())
+    {
+        let at = from + text[from..].find(&format!("\"{key}\""))?;
+        found = Some(at);
+        from = at + key.len() + 2;
     }
-    text.find(&format!("\"{key}\""))
+    found
 }

@@ -298,7 +298,11 @@ impl de::Error for NodeError {
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
         Self {
-            message: format!("expected {exp}, found {}", describe(&unexp)),
+            message: format!(
+                "expected {}, found {}",
+                plain_expected(&exp.to_string()),
+                describe(&unexp)
+            ),
             span: None,
             help: None,
         }
@@ -306,10 +310,30 @@ impl de::Error for NodeError {
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
         Self {
-            message: format!("invalid value {}, expected {exp}", describe(&unexp)),
+            message: format!(
+                "invalid value {}, expected {}",
+                describe(&unexp),
+                plain_expected(&exp.to_string())
+            ),
             span: None,
             help: None,
         }
+    }
+}
+
+/// serde's names for expected types, in words a pipeline author uses.
+fn plain_expected(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+            "an integer".to_string()
+        }
+        "f32" | "f64" => "a number".to_string(),
+        "a sequence" => "a list".to_string(),
+        "a borrowed string" => "a string".to_string(),
+        other if other.starts_with("struct ") || other.starts_with("a map") => {
+            "a mapping".to_string()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -569,7 +593,10 @@ mod tests {
     fn wrong_type_points_at_the_value() {
         let node = parse("model: Qwen\nmax_in_flight: lots\n", SourceId(0)).unwrap();
         let error = from_node::<Endpoint>(&node).unwrap_err();
-        assert_eq!(error.message, "expected u32, found the string `lots`");
+        assert_eq!(
+            error.message,
+            "expected an integer, found the string `lots`"
+        );
         let span = error.span.unwrap();
         assert_eq!((span.line, span.column), (2, 16));
     }
