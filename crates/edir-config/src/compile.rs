@@ -749,19 +749,17 @@ impl Compiler {
             let Some(section) = self.part::<EndpointSection>(value) else {
                 continue;
             };
-            if let Some(endpoint) = self.endpoint(&name, section, retry) {
-                endpoints.insert(name, (key.span, endpoint));
-            }
+            let endpoint = self.endpoint(&name, section, retry);
+            endpoints.insert(name, (key.span, endpoint));
         }
         endpoints
     }
 
-    fn endpoint(
-        &mut self,
-        name: &str,
-        section: EndpointSection,
-        retry: RetryPolicy,
-    ) -> Option<Endpoint> {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per endpoint field, in file order"
+    )]
+    fn endpoint(&mut self, name: &str, section: EndpointSection, retry: RetryPolicy) -> Endpoint {
         if section.model.trim().is_empty() {
             self.error(
                 format!("endpoint `{name}` has an empty `model`"),
@@ -867,7 +865,7 @@ impl Compiler {
             .retry
             .as_ref()
             .map_or(retry, |r| self.retry(r, retry));
-        Some(Endpoint {
+        Endpoint {
             name: name.to_string(),
             model: section.model.value,
             urls: section
@@ -890,7 +888,7 @@ impl Compiler {
             tokens_per_minute,
             retry,
             api: Api::Unused,
-        })
+        }
     }
 
     /// Records that `endpoint` serves `api`; an endpoint serves one API only.
@@ -1109,6 +1107,10 @@ impl Compiler {
             .map(|(i, s)| (s.id.value.clone(), i))
             .collect();
         let names: Vec<String> = raw.iter().map(|s| s.id.value.clone()).collect();
+        #[expect(
+            clippy::needless_range_loop,
+            reason = "`raw[i]` is written after reading others"
+        )]
         for i in 0..raw.len() {
             let mut needs = Vec::new();
             let mut unresolved = false;
@@ -1285,10 +1287,10 @@ impl Compiler {
                 }
             }
             if let Operator::Edit { image, .. } = &mut op {
-                if let Some(reference) = &body.image {
-                    if let Some(resolved) = self.image_ref(&scope, reference, false) {
-                        *image = resolved;
-                    }
+                if let Some(reference) = &body.image
+                    && let Some(resolved) = self.image_ref(&scope, reference, false)
+                {
+                    *image = resolved;
                 }
             } else if let Some(reference) = &body.image {
                 self.error("`image` applies only to `edit` stages", reference.span)
@@ -1559,8 +1561,10 @@ impl Compiler {
                 .help = Some(help);
             return;
         };
-        if let (Some(field), Provided::Fields(fields)) = (field, &provided) {
-            if !fields.iter().any(|f| f == field) {
+        if let (Some(field), Provided::Fields(fields)) = (field, &provided)
+            && !fields.iter().any(|f| f == field)
+        {
+            {
                 let known = if fields.is_empty() {
                     "it has no fields".to_string()
                 } else {
@@ -1626,9 +1630,8 @@ impl Compiler {
             .help = Some(format!("add `{stage}` to the `needs` of `{me}`"));
             return None;
         }
-        if scope.ops[j].is_none() {
-            return None; // its operator was already reported
-        }
+        // A stage whose operator failed was already reported.
+        scope.ops[j].as_ref()?;
         if !matches!(scope.ops[j], Some(Operator::Edit { .. })) {
             self.error(
                 format!("`{stage}` is not an edit stage, so it has no images"),
@@ -1824,18 +1827,17 @@ impl Compiler {
             .help = Some("model replies are JSON objects; put fields under `properties`".into());
             return None;
         }
-        let name = value
-            .get("title")
-            .and_then(|t| t.as_str())
-            .map(ToString::to_string)
-            .unwrap_or_else(|| {
+        let name = value.get("title").and_then(|t| t.as_str()).map_or_else(
+            || {
                 resolved
                     .file_name()
                     .and_then(|f| f.to_str())
                     .and_then(|f| f.split('.').next())
                     .unwrap_or("reply")
                     .to_string()
-            });
+            },
+            ToString::to_string,
+        );
         Some(Schema {
             path: resolved,
             name,
@@ -2054,7 +2056,7 @@ fn prompt_error_message(error: &edir_prompt::PromptError) -> String {
     match error {
         edir_prompt::PromptError::Syntax { message, .. }
         | edir_prompt::PromptError::Render { message, .. } => message.clone(),
-        other => other.to_string(),
+        other @ edir_prompt::PromptError::Read { .. } => other.to_string(),
     }
 }
 

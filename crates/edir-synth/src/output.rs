@@ -1,6 +1,7 @@
 //! Everything the binary prints: logs (tracing, stderr), errors in the house style, results
 //! (stdout). Only this module writes to stdout.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 
 use tracing_subscriber::EnvFilter;
@@ -26,7 +27,7 @@ pub(crate) fn init_tracing(verbose: u8, quiet: bool) {
 pub(crate) fn print_error(error: &anyhow::Error) {
     let mut text = format!("error: {error}\n");
     for cause in error.chain().skip(1) {
-        text.push_str(&format!("  Caused by: {cause}\n"));
+        let _ = writeln!(text, "  Caused by: {cause}");
     }
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
@@ -41,7 +42,6 @@ pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 /// Writes a result to stdout.
-#[expect(clippy::print_stdout, reason = "the one place results are printed")]
 pub(crate) fn stdout(text: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -8,7 +8,7 @@ fn compose_serves_every_endpoint_on_its_port() {
     let root = repo_root();
     let compiled = edir_config::compile_file(&root.join("pipelines/full.yaml"));
     let pipeline = compiled.pipeline.expect("full.yaml is valid");
-    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let text = fs_err::read_to_string(root.join("docker-compose.yml")).unwrap();
     let compose: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let services = compose["services"].as_object().unwrap();
     for endpoint in pipeline.endpoints.values() {

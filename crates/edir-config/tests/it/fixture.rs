@@ -33,7 +33,7 @@ impl Fixture {
     /// Replaces the single occurrence of `from` in `file`.
     pub(crate) fn edit(&self, file: &str, from: &str, to: &str) -> &Self {
         let path = self.path(file);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = fs_err::read_to_string(&path).unwrap();
         assert_eq!(
             text.matches(from).count(),
             1,

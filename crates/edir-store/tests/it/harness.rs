@@ -16,8 +16,10 @@ pub(crate) struct TestDb {
 impl TestDb {
     pub(crate) async fn finish(self) {
         self.store.close().await;
-        if let Some((admin, name)) = self.postgres {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        if let Some((admin, name)) = self.postgres
+            && let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await
+        {
+            {
                 let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
                 let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
                     .execute(&mut conn)
@@ -49,8 +51,9 @@ pub(crate) async fn sqlite() -> TestDb {
 /// A fresh Postgres database, or `None` (skipped, said on stderr) when none is configured.
 pub(crate) async fn postgres() -> Option<TestDb> {
     let Ok(admin) = std::env::var("EDIR_TEST_POSTGRES_URL") else {
+        let required = std::hint::black_box(cfg!(feature = "postgres-tests"));
         assert!(
-            !cfg!(feature = "postgres-tests"),
+            !required,
             "the `postgres-tests` feature is on but EDIR_TEST_POSTGRES_URL is not set"
         );
         eprintln!(
