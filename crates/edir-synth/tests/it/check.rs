@@ -4,11 +4,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn edir_synth(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edir-synth")).args(args).current_dir(dir).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_edir-synth"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -24,7 +31,10 @@ fn check_accepts_the_shipped_pipeline() {
         stdout.starts_with("`pipelines/full.yaml` is valid: 8 stages, 15 subcategories, 5010 accepted samples wanted, 4 endpoints\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("  judge_query  judge vlm <- query, target, negatives, judge_edit\n"), "{stdout}");
+    assert!(
+        stdout.contains("  judge_query  judge vlm <- query, target, negatives, judge_edit\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -34,21 +44,32 @@ fn check_rejects_a_broken_pipeline_with_exit_2() {
         std::fs::create_dir_all(dir.path().join(folder)).unwrap();
         for entry in std::fs::read_dir(repo().join(folder)).unwrap() {
             let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(folder).join(entry.file_name())).unwrap();
+            std::fs::copy(
+                entry.path(),
+                dir.path().join(folder).join(entry.file_name()),
+            )
+            .unwrap();
         }
     }
     let pipeline = dir.path().join("pipelines/full.yaml");
-    let yaml = fs_err::read_to_string(&pipeline).unwrap().replace("    needs: [target]\n", "    needs: [targt]\n");
+    let yaml = fs_err::read_to_string(&pipeline)
+        .unwrap()
+        .replace("    needs: [target]\n", "    needs: [targt]\n");
     std::fs::write(&pipeline, yaml).unwrap();
     let out = edir_synth(&["check", "pipelines/full.yaml"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("error: unknown stage `targt` in `needs`\n   --> pipelines/full.yaml:107:13\n"),
+        stderr.contains(
+            "error: unknown stage `targt` in `needs`\n   --> pipelines/full.yaml:107:13\n"
+        ),
         "{stderr}"
     );
-    assert!(stderr.ends_with("1 error, 1 warning\n"), "the missing source folder is a warning: {stderr}");
+    assert!(
+        stderr.ends_with("1 error, 1 warning\n"),
+        "the missing source folder is a warning: {stderr}"
+    );
 }
 
 #[test]
@@ -72,8 +93,14 @@ fn taxonomy_lists_fifteen_subcategories() {
     let out = edir_synth(&["taxonomy"], &repo());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.starts_with("Attribute (attribute)\n  attribute.color "), "{stdout}");
-    assert!(stdout.ends_with("5 categories, 15 subcategories\n"), "{stdout}");
+    assert!(
+        stdout.starts_with("Attribute (attribute)\n  attribute.color "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("5 categories, 15 subcategories\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
