@@ -281,11 +281,6 @@ impl Compiler {
     fn resolve(&self, relative: &str) -> PathBuf {
         normalize(&self.base.join(relative))
     }
-
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one linear pass over the sections, in file order"
-    )]
     fn run(&mut self, text: &str) -> Option<Pipeline> {
         let root = match node::parse(text, self.file) {
             Ok(root) => root,
@@ -754,11 +749,6 @@ impl Compiler {
         }
         endpoints
     }
-
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one check per endpoint field, in file order"
-    )]
     fn endpoint(&mut self, name: &str, section: EndpointSection, retry: RetryPolicy) -> Endpoint {
         if section.model.trim().is_empty() {
             self.error(
@@ -977,11 +967,6 @@ impl Compiler {
         };
         Score { models, k }
     }
-
-    #[expect(
-        clippy::too_many_lines,
-        reason = "stage checks read best in one place, in order"
-    )]
     fn stages(
         &mut self,
         node: &Node,

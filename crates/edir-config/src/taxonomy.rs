@@ -124,7 +124,6 @@ fn is_id_segment(s: &str) -> bool {
 }
 
 /// Builds the taxonomy from a parsed file, pushing every problem to `diagnostics`.
-#[expect(clippy::too_many_lines, reason = "one check per field, in file order")]
 pub(crate) fn compile(root: &Node, diagnostics: &mut Vec<Diagnostic>) -> Option<Taxonomy> {
     let file: TaxonomyFile = match node::from_node(root) {
         Ok(file) => file,

@@ -114,8 +114,7 @@ fn instruction(input: &ChatInput<'_>, rng: &mut Rng) -> Value {
     let text: Vec<String> = edits.iter().map(Edit::sentence).collect();
     let subject = edits
         .iter()
-        .filter_map(Edit::target)
-        .next()
+        .find_map(Edit::target)
         .unwrap_or("the whole scene")
         .to_string();
     json!({

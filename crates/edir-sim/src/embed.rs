@@ -8,6 +8,8 @@
 //!   accordingly; they do not understand counts, positions or viewpoint, so those
 //!   subcategories stay hard, as EDIR reports for real models.
 
+use std::fmt::Write as _;
+
 use crate::rng::Rng;
 use crate::scene::{
     Color, Kind, Material, Scene, Shape, Style, Texture, TimeOfDay, Weather, nearest_anchor,
@@ -184,6 +186,13 @@ fn vectorize(features: &[Feature], dim: usize, noise: f32, rng: &mut Rng) -> Vec
     v
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// Embeds an (optional) image scene and an (optional) text.
 #[must_use]
 pub fn embed(
@@ -210,7 +219,7 @@ pub fn embed(
     if let Some(scene) = scene {
         seed_text.push_str(&serde_json::to_string(scene).unwrap_or_default());
     } else if let Some(digest) = image_digest {
-        seed_text.push_str(&format!("{digest:?}"));
+        seed_text.push_str(&hex(digest));
     }
     let mut rng = Rng::from_text(&seed_text);
     vectorize(&features, dim, noise, &mut rng)

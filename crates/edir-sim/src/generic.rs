@@ -70,7 +70,8 @@ pub fn apply(pixels: &mut Pixels, label: &str, region: &str) {
                 "time" => [r / 3, g / 3, b / 2 + 40],
                 "weather" => [r / 2 + 110, g / 2 + 110, b / 2 + 115],
                 "style" => {
-                    let l = ((u16::from(r) + u16::from(g) + u16::from(b)) / 3) as u8;
+                    let l = u8::try_from((u16::from(r) + u16::from(g) + u16::from(b)) / 3)
+                        .unwrap_or(u8::MAX);
                     [l, l, l]
                 }
                 _ => [255 - r, 255 - g, 255 - b],

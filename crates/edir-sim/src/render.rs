@@ -190,6 +190,7 @@ fn mix(a: [u8; 3], b: [u8; 3], t: f32) -> [u8; 3] {
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     clippy::cast_precision_loss,
+    clippy::many_single_char_names,
     reason = "pixel coordinates"
 )]
 fn draw_object(px: &mut Pixels, scene: &Scene, object: &Object) {
@@ -224,7 +225,7 @@ fn draw_object(px: &mut Pixels, scene: &Scene, object: &Object) {
                 }
                 Material::Glass => mix(px.get(x, y), base, 0.45),
                 Material::Wood => {
-                    let grain = ((v * 9.0 + (u * 3.0).sin()).sin() + 1.0) / 2.0;
+                    let grain = f32::midpoint((v * 9.0 + (u * 3.0).sin()).sin(), 1.0);
                     scale(mix(base, [120, 75, 40], 0.35), 0.75 + 0.3 * grain)
                 }
             };
@@ -270,12 +271,7 @@ fn draw_object(px: &mut Pixels, scene: &Scene, object: &Object) {
     }
 }
 
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_precision_loss,
-    reason = "pixel coordinates"
-)]
+#[expect(clippy::cast_precision_loss, reason = "pixel coordinates")]
 fn draw_figure(px: &mut Pixels, scene: &Scene, figure: &Figure) {
     let (w, h) = (scene.width as f32, scene.height as f32);
     let unit = w.min(h) * 0.05;
@@ -290,7 +286,7 @@ fn draw_figure(px: &mut Pixels, scene: &Scene, figure: &Figure) {
         (fx, fy - 3.0 * unit)
     };
     let neck = (hip.0, hip.1 - 3.0 * unit);
-    let mut lines: Vec<((f32, f32), (f32, f32), [u8; 3])> = vec![(hip, neck, shirt)];
+    let mut lines: Vec<Segment> = vec![(hip, neck, shirt)];
     let (left_hand, right_hand) = match figure.pose {
         Pose::ArmsUp => (
             (neck.0 - 1.5 * unit, neck.1 - 2.0 * unit),
@@ -347,6 +343,9 @@ fn draw_figure(px: &mut Pixels, scene: &Scene, figure: &Figure) {
     }
 }
 
+/// A line of the stick figure: from, to, colour.
+type Segment = ((f32, f32), (f32, f32), [u8; 3]);
+
 fn segment_distance(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
     let (vx, vy) = (b.0 - a.0, b.1 - a.1);
     let len = vx * vx + vy * vy;
@@ -377,7 +376,8 @@ fn apply_weather(px: &mut Pixels, weather: Weather) {
             let out = match weather {
                 Weather::Clear => c,
                 Weather::Rain => {
-                    let streak = (x + y / 3) % 11 == 0 && (y / 5 + hash(x / 11, 0)) % 4 != 0;
+                    let streak = (x + y / 3).is_multiple_of(11)
+                        && !(y / 5 + hash(x / 11, 0)).is_multiple_of(4);
                     let c = scale(c, 0.8);
                     if streak {
                         mix(c, [200, 210, 230], 0.7)
@@ -386,7 +386,7 @@ fn apply_weather(px: &mut Pixels, weather: Weather) {
                     }
                 }
                 Weather::Snow => {
-                    if hash(x / 2, y / 2) % 37 == 0 {
+                    if hash(x / 2, y / 2).is_multiple_of(37) {
                         [250, 250, 250]
                     } else {
                         mix(c, [235, 240, 245], 0.25)

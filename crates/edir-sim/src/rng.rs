@@ -1,7 +1,7 @@
 //! A small seeded PRNG (SplitMix64): deterministic worlds, faults and phrasings without a
 //! dependency. Not for cryptography.
 
-/// SplitMix64.
+/// `SplitMix64`.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 

@@ -7,6 +7,7 @@
 //! slept while it holds its slot, so throughput saturates at `slots / service time`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -170,7 +171,7 @@ fn vllm_error(
     (status, axum::Json(body)).into_response()
 }
 
-/// FastAPI's error body (vLLM-Omni's edit route): `{"detail": ...}`.
+/// `FastAPI`'s error body (vLLM-Omni's edit route): `{"detail": ...}`.
 fn fastapi_error(status: StatusCode, detail: impl Into<String>) -> Response {
     (status, axum::Json(json!({"detail": detail.into()}))).into_response()
 }
@@ -212,7 +213,7 @@ async fn metrics(State(state): State<Arc<SimState>>) -> Response {
         ("edir_sim_requests_total", "counter", "Requests by outcome."),
     ];
     for (name, kind, help) in families {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for model_name in &state.order {
             let Some(model) = state.models.get(model_name) else {
                 continue;
@@ -221,16 +222,19 @@ async fn metrics(State(state): State<Arc<SimState>>) -> Response {
             let running = model.running.load(Ordering::Relaxed);
             match name {
                 "vllm:num_requests_running" => {
-                    text.push_str(&format!("{name}{{{label}}} {running}\n"))
+                    let _ = writeln!(text, "{name}{{{label}}} {running}");
                 }
-                "vllm:num_requests_waiting" => text.push_str(&format!(
-                    "{name}{{{label}}} {}\n",
-                    model.waiting.load(Ordering::Relaxed)
-                )),
+                "vllm:num_requests_waiting" => {
+                    let _ = writeln!(
+                        text,
+                        "{name}{{{label}}} {}",
+                        model.waiting.load(Ordering::Relaxed)
+                    );
+                }
                 "vllm:kv_cache_usage_perc" => {
                     #[expect(clippy::cast_precision_loss, reason = "a ratio")]
                     let usage = running as f64 / model.config.capacity.slots.max(1) as f64;
-                    text.push_str(&format!("{name}{{{label}}} {usage:.4}\n"));
+                    let _ = writeln!(text, "{name}{{{label}}} {usage:.4}");
                 }
                 _ => {
                     for (outcome, counter) in [
@@ -238,10 +242,11 @@ async fn metrics(State(state): State<Arc<SimState>>) -> Response {
                         ("faulted", &model.faulted),
                         ("refused", &model.refused),
                     ] {
-                        text.push_str(&format!(
-                            "{name}{{{label},outcome=\"{outcome}\"}} {}\n",
+                        let _ = writeln!(
+                            text,
+                            "{name}{{{label},outcome=\"{outcome}\"}} {}",
                             counter.load(Ordering::Relaxed)
-                        ));
+                        );
                     }
                 }
             }
@@ -438,6 +443,7 @@ async fn service(ms: f64) {
     }
 }
 
+#[expect(clippy::result_large_err, reason = "the error is the reply, sent once")]
 fn lookup<'a>(
     state: &'a SimState,
     body: &Value,
@@ -611,7 +617,7 @@ async fn chat_completions(State(state): State<Arc<SimState>>, body: Bytes) -> Re
     let is_json = schema.is_some();
     match draw.content {
         ContentFault::InvalidJson if is_json => {
-            content = "I am sorry, I cannot produce JSON for this image.".to_string()
+            content = "I am sorry, I cannot produce JSON for this image.".to_string();
         }
         ContentFault::TruncatedJson if is_json => {
             let cut = content.len() * 2 / 3;
@@ -638,7 +644,7 @@ async fn chat_completions(State(state): State<Arc<SimState>>, body: Bytes) -> Re
             }
         }
         ContentFault::CodeFence if is_json => {
-            content = format!("Here is the JSON:\n```json\n{content}\n```")
+            content = format!("Here is the JSON:\n```json\n{content}\n```");
         }
         ContentFault::Infeasible if schema_name == Some("edit_instruction") => {
             content = json!({"feasible": false, "subject": "", "edit": "", "visual_check": "", "extra_changes": [], "reason": "the image does not allow this edit (simulated)"}).to_string();

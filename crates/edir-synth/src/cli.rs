@@ -1,5 +1,6 @@
 //! The command line (the contract users and tests rely on; see the README).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -34,5 +35,32 @@ pub(crate) enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the OpenAI-compatible simulator, or write reference scenes with `--scenes N --out DIR`.
+    Sim {
+        /// Port to listen on (0 picks a free one; the URL is printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Simulator configuration (YAML: seed, models, capacity, faults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Inject every fault kind, mixed, at this total rate (0 to 1).
+        #[arg(long)]
+        faults: Option<f64>,
+        /// Seed of faults, phrasings and edits (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write this many reference scenes instead of serving.
+        #[arg(long, requires = "out")]
+        scenes: Option<usize>,
+        /// Folder for `--scenes`.
+        #[arg(long, requires = "scenes")]
+        out: Option<PathBuf>,
+        /// Image sizes (longer side, pixels) to draw scenes from.
+        #[arg(long, value_delimiter = ',', default_value = "256,384,512,768,1024")]
+        sizes: Vec<u32>,
     },
 }

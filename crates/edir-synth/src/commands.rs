@@ -1,10 +1,12 @@
 //! One function per command; each returns the exit code or an error (exit 2).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
 use edir_config::{Compiled, Taxonomy};
+use edir_sim::{SimConfig, SimServer};
 
 use crate::cli::{Cli, Command};
 use crate::output;
@@ -14,7 +16,78 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check { pipeline } => check(&pipeline),
         Command::Taxonomy { file, json } => taxonomy(&file, json),
+        Command::Sim {
+            port,
+            host,
+            config,
+            faults,
+            seed,
+            scenes,
+            out,
+            sizes,
+        } => match (scenes, out) {
+            (Some(count), Some(out)) => write_scenes(count, &out, seed.unwrap_or(0), &sizes),
+            _ => serve_sim(SocketAddr::new(host, port), config.as_deref(), faults, seed),
+        },
     }
+}
+
+fn write_scenes(count: usize, out: &Path, seed: u64, sizes: &[u32]) -> anyhow::Result<u8> {
+    let paths = edir_sim::write_scenes(out, count, seed, sizes)
+        .with_context(|| format!("cannot write scenes to `{}`", out.display()))?;
+    output::stdout(&format!(
+        "wrote {} reference scenes to `{}`\n",
+        paths.len(),
+        out.display()
+    ))?;
+    Ok(EXIT_OK)
+}
+
+fn serve_sim(
+    addr: SocketAddr,
+    config: Option<&Path>,
+    faults: Option<f64>,
+    seed: Option<u64>,
+) -> anyhow::Result<u8> {
+    let mut sim_config = match config {
+        Some(path) => {
+            let text = fs_err::read_to_string(path).context("cannot read the simulator config")?;
+            SimConfig::from_yaml(&text).map_err(|message| {
+                anyhow::anyhow!("invalid simulator config `{}`: {message}", path.display())
+            })?
+        }
+        None => SimConfig::default_models(),
+    };
+    if let Some(rate) = faults {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&rate),
+            "`--faults` must be between 0 and 1, got {rate}"
+        );
+        sim_config = sim_config.with_faults(rate);
+    }
+    if let Some(seed) = seed {
+        sim_config.seed = seed;
+    }
+    let names: Vec<String> = sim_config.models.iter().map(|m| m.name.clone()).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let server = SimServer::start(sim_config, addr)
+            .await
+            .with_context(|| format!("cannot listen on `{addr}`"))?;
+        output::stdout(&format!(
+            "edir-sim listening on {} (a simulator, not a model server)\nmodels: {}\n",
+            server.base_url(),
+            names.join(", ")
+        ))?;
+        tokio::select! {
+            () = async { let _ = tokio::signal::ctrl_c().await; } => {}
+            () = server.wait() => {}
+        }
+        Ok::<u8, anyhow::Error>(EXIT_OK)
+    })
 }
 
 fn check(path: &Path) -> anyhow::Result<u8> {

@@ -616,3 +616,102 @@ async fn a_full_queue_is_refused_with_503() {
         "{statuses:?}"
     );
 }
+
+#[test]
+fn the_shipped_gpu_config_parses() {
+    let text = fs_err::read_to_string(format!(
+        "{}/../../pipelines/sim-gpu.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let config = SimConfig::from_yaml(&text).unwrap();
+    assert_eq!(config.models.len(), 6);
+    let editor = config.models.iter().find(|m| m.name == EDITOR).unwrap();
+    assert_eq!(editor.capacity.slots, 4);
+    assert!(SimConfig::from_yaml("models: [{name: x, role: chatt}]").is_err());
+}
+
+#[tokio::test]
+async fn infeasible_fault_says_why() {
+    let sim = start(faulty(Faults {
+        infeasible: 1.0,
+        ..Faults::default()
+    }))
+    .await;
+    let client = reqwest::Client::new();
+    let reference = scene_png(2);
+    let instruction = reply(
+        chat(
+            &client,
+            &sim.base_url(),
+            VLM,
+            "Edit type: color (attribute.color)",
+            &[&reference],
+            "edit_instruction",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(instruction["feasible"], false);
+    assert_eq!(instruction["extra_changes"], json!([]));
+    assert!(
+        instruction["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not allow")
+    );
+}
+
+/// `--faults RATE` mixes every kind; about RATE of the requests are hit, seeded.
+#[tokio::test]
+async fn mixed_faults_hit_about_their_rate() {
+    const REQUESTS: usize = 240;
+    let mut config = SimConfig::default_models().with_faults(0.4);
+    for model in &mut config.models {
+        model.faults.hang_s = 1;
+    }
+    let sim = start(config).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..REQUESTS {
+        let client = client.clone();
+        let base = sim.base_url();
+        handles.push(tokio::spawn(async move {
+            match simple_chat(&client, &base).await {
+                Ok(response) if response.status() == 200 => response.bytes().await.is_ok(),
+                _ => false,
+            }
+        }));
+    }
+    let mut transport_ok = 0;
+    for handle in handles {
+        transport_ok += usize::from(handle.await.unwrap());
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", sim.addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let faulted: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "edir_sim_requests_total{{model_name=\"{LLM}\",outcome=\"faulted\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let share = faulted / REQUESTS as f64;
+    // Infeasible and wrong-edit faults do not apply to a query writer, so slightly under 0.4.
+    assert!((0.2..0.5).contains(&share), "faulted share {share}");
+    assert!(
+        transport_ok < REQUESTS && transport_ok > REQUESTS / 2,
+        "{transport_ok} clean transports"
+    );
+}

@@ -115,3 +115,43 @@ fn taxonomy_json_of_a_pipeline() {
     assert_eq!(subs[14]["combines"], 2);
     assert_eq!(json["categories"].as_array().unwrap().len(), 5);
 }
+
+#[test]
+fn sim_writes_reference_scenes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edir_synth(
+        &["sim", "--scenes", "4", "--out", "refs", "--sizes", "64,96"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "wrote 4 reference scenes to `refs`\n");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("refs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "scene_00000.png",
+            "scene_00001.png",
+            "scene_00002.png",
+            "scene_00003.png"
+        ]
+    );
+    let bytes = std::fs::read(dir.path().join("refs/scene_00000.png")).unwrap();
+    assert!(
+        bytes.windows(10).any(|w| w == b"edir-scene"),
+        "the scene travels in the file"
+    );
+}
+
+#[test]
+fn sim_rejects_a_bad_fault_rate() {
+    let out = edir_synth(&["sim", "--port", "0", "--faults", "1.5"], &repo());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: `--faults` must be between 0 and 1, got 1.5\n"
+    );
+}
