@@ -164,7 +164,7 @@ impl ChatRequest {
                     json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}}),
                 ),
                 SchemaStyle::StructuredOutputs => {
-                    set("structured_outputs", json!({"json": schema}))
+                    set("structured_outputs", json!({"json": schema}));
                 }
             }
         }

@@ -173,7 +173,7 @@ impl Endpoint {
         let rate = RateLimit::new(config.requests_per_minute, config.tokens_per_minute);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
+            .map_or(1, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
             | 1;
         Ok(Arc::new(Self {
             config,
@@ -261,8 +261,9 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Checks replicas every `every` and feeds their `/metrics` queue length to the adaptive
-    /// limit; stops when the endpoint is dropped.
+    /// Every `every`: checks each replica's `/health` (a failure counts against its breaker)
+    /// and feeds the replicas' `/metrics` queue length to the adaptive limit. Stops when the
+    /// endpoint is dropped.
     pub fn spawn_monitor(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -275,6 +276,21 @@ impl Endpoint {
                 };
                 let (mut waiting, mut running, mut seen) = (0.0, 0.0, false);
                 for replica in &endpoint.replicas {
+                    // A replica whose `/health` fails counts a fault even without traffic, so
+                    // its breaker opens before requests are routed to it.
+                    let healthy = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        endpoint
+                            .http
+                            .get(format!("{}/health", replica.root()))
+                            .send(),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
+                    if !healthy {
+                        replica.breaker().on_failure();
+                        continue;
+                    }
                     if let Some((w, r)) = endpoint.queue_of(replica).await {
                         waiting += w;
                         running += r;
@@ -511,7 +527,7 @@ impl Endpoint {
 
 /// A transport error's message, with its causes, without the URL (the error names it).
 fn transport_message(error: &reqwest::Error) -> String {
-    let mut message = error.without_url_ref().to_string();
+    let mut message = error.without_url_ref();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         message.push_str(": ");

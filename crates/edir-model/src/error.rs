@@ -154,7 +154,7 @@ impl ModelError {
 }
 
 /// The server's message from an error body: vLLM's `{"error": {"message"}}` (whose integer
-/// `code` trips async-openai), OpenAI's, FastAPI's `{"detail"}`, or the raw text.
+/// `code` trips async-openai), OpenAI's, `FastAPI`'s `{"detail"}`, or the raw text.
 #[must_use]
 pub fn server_message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);

@@ -175,3 +175,31 @@ async fn all_replicas_down_means_no_replica() {
         u64::from(edir_model::FAILURE_THRESHOLD)
     );
 }
+
+#[tokio::test]
+async fn the_monitor_opens_the_breaker_of_an_unhealthy_replica() {
+    let live = sim(SimConfig::default_models()).await;
+    let endpoint = Endpoint::new(config(
+        "llm",
+        "Qwen/Qwen3-32B",
+        vec!["http://127.0.0.1:9/v1".into(), live.base_url()],
+    ))
+    .unwrap();
+    let monitor = endpoint.spawn_monitor(Duration::from_millis(20));
+    let started = Instant::now();
+    while !endpoint.replicas()[0].is_open() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    monitor.abort();
+    assert!(
+        endpoint.replicas()[0].is_open(),
+        "health checks alone opened the dead replica's breaker"
+    );
+    assert!(!endpoint.replicas()[1].is_open());
+    endpoint.chat(&hello()).await.unwrap();
+    assert_eq!(
+        endpoint.replicas()[0].stats.snapshot().requests,
+        0,
+        "no request went to the dead replica"
+    );
+}

@@ -5,6 +5,8 @@
 #![allow(
     clippy::cast_possible_truncation,
     clippy::cast_precision_loss,
+    clippy::needless_pass_by_value,
+    clippy::disallowed_methods,
     reason = "test fixtures"
 )]
 
