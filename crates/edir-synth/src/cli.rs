@@ -63,4 +63,28 @@ pub(crate) enum Command {
         #[arg(long, value_delimiter = ',', default_value = "256,384,512,768,1024")]
         sizes: Vec<u32>,
     },
+    /// Score embedding models on any EDIR-layout benchmark (from precomputed vectors).
+    Score {
+        /// The benchmark folder (`queries.jsonl`, `corpus.jsonl`, `instances.jsonl`).
+        bench: PathBuf,
+        /// A folder with `queries.npy` and `corpus.npy` (float32, rows in file order), as
+        /// `[NAME=]DIR`; repeat to score several models at once.
+        #[arg(long = "embeddings", required = true)]
+        embeddings: Vec<String>,
+        /// Where to write `results.json`, `results.md` and `predictions.json`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Images folder (default: `BENCH/images`, else `BENCH`), checked to exist with `--check-images`.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Check that every referenced image exists.
+        #[arg(long)]
+        check_images: bool,
+        /// Rank only each query's own `pos` + `neg` (MMEB-style).
+        #[arg(long)]
+        candidates_only: bool,
+        /// Remove a query's reference image from its own ranking (CIRR-style).
+        #[arg(long)]
+        exclude_reference: bool,
+    },
 }
