@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn every_problem_names_its_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let queries = format!("{Q}{{\"id\": \"query_1\", \"image\": \"r.png\"\n{}", Q);
+        let queries = format!("{Q}{{\"id\": \"query_1\", \"image\": \"r.png\"\n{Q}");
         let corpus = format!("{C}{{\"id\": \"a.png\", \"image\": \"a.png\"}}\n");
         write(
             dir.path(),

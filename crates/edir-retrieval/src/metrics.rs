@@ -106,6 +106,10 @@ fn group(values: &[[f64; CUTOFFS.len()]]) -> Group {
 }
 
 /// Scores one model's rankings.
+#[expect(
+    clippy::float_cmp,
+    reason = "a tie is exact equality, as trec_eval sees it"
+)]
 #[must_use]
 pub fn evaluate(model: &str, bench: &Benchmark, ranked: &[Vec<Ranked>]) -> ModelResult {
     let values = per_query(bench, ranked);

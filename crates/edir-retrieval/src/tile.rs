@@ -63,6 +63,11 @@ pub(crate) fn scores(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    reason = "small test fixtures"
+)]
 mod tests {
     use super::*;
 

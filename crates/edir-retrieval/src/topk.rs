@@ -56,6 +56,10 @@ impl TopK {
     }
 
     #[inline]
+    #[expect(
+        clippy::float_cmp,
+        reason = "a tie is exact equality, as trec_eval sees it"
+    )]
     fn beats(a: (f32, u32), b: (f32, u32)) -> bool {
         a.0 > b.0 || (a.0 == b.0 && a.1 > b.1)
     }
@@ -224,6 +228,11 @@ pub fn tie_ranks(ids: &[String]) -> Vec<u32> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    reason = "small test fixtures"
+)]
 mod tests {
     use super::*;
 

@@ -16,9 +16,23 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check { pipeline } => check(&pipeline),
         Command::Taxonomy { file, json } => taxonomy(&file, json),
-        Command::Score { bench, embeddings, out, images, check_images, candidates_only, exclude_reference } => {
-            score(&bench, &embeddings, out.as_deref(), images.as_deref(), check_images, candidates_only, exclude_reference)
-        }
+        Command::Score {
+            bench,
+            embeddings,
+            out,
+            images,
+            check_images,
+            candidates_only,
+            exclude_reference,
+        } => score(
+            &bench,
+            &embeddings,
+            out.as_deref(),
+            images.as_deref(),
+            check_images,
+            candidates_only,
+            exclude_reference,
+        ),
         Command::Sim {
             port,
             host,
@@ -223,7 +237,15 @@ fn render_taxonomy(taxonomy: &Taxonomy) -> String {
     text
 }
 
-fn score(bench_dir: &Path, embeddings: &[String], out: Option<&Path>, images: Option<&Path>, check_images: bool, candidates_only: bool, exclude_reference: bool) -> anyhow::Result<u8> {
+fn score(
+    bench_dir: &Path,
+    embeddings: &[String],
+    out: Option<&Path>,
+    images: Option<&Path>,
+    check_images: bool,
+    candidates_only: bool,
+    exclude_reference: bool,
+) -> anyhow::Result<u8> {
     let bench = match edir_dataset::Benchmark::read(bench_dir, images, check_images) {
         Ok(bench) => bench,
         Err(error) => {
@@ -231,14 +253,20 @@ fn score(bench_dir: &Path, embeddings: &[String], out: Option<&Path>, images: Op
             return Ok(EXIT_ERROR);
         }
     };
-    let options = edir_retrieval::ScoreOptions { candidates_only, exclude_reference, ..edir_retrieval::ScoreOptions::default() };
+    let options = edir_retrieval::ScoreOptions {
+        candidates_only,
+        exclude_reference,
+        ..edir_retrieval::ScoreOptions::default()
+    };
     let mut results = Vec::new();
     for spec in embeddings {
         let (name, dir) = match spec.split_once('=') {
             Some((name, dir)) => (name.to_string(), Path::new(dir).to_path_buf()),
             None => {
                 let dir = Path::new(spec).to_path_buf();
-                let name = dir.file_name().map_or_else(|| spec.clone(), |n| n.to_string_lossy().into_owned());
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| spec.clone(), |n| n.to_string_lossy().into_owned());
                 (name, dir)
             }
         };
@@ -249,15 +277,20 @@ fn score(bench_dir: &Path, embeddings: &[String], out: Option<&Path>, images: Op
                 results.push(result);
             }
             Err(error) => {
-                output::stderr(&format!("error: cannot score `{name}` on `{}`\n  Caused by: {error}\n", bench_dir.display()));
+                output::stderr(&format!(
+                    "error: cannot score `{name}` on `{}`\n  Caused by: {error}\n",
+                    bench_dir.display()
+                ));
                 return Ok(EXIT_ERROR);
             }
         }
     }
-    let summaries: Vec<edir_retrieval::ModelResult> = results.iter().map(|(r, _)| r.clone()).collect();
+    let summaries: Vec<edir_retrieval::ModelResult> =
+        results.iter().map(|(r, _)| r.clone()).collect();
     output::stdout(&edir_retrieval::markdown(&summaries))?;
     if let Some(out) = out {
-        edir_retrieval::write(out, &bench, &results).with_context(|| format!("cannot write reports to `{}`", out.display()))?;
+        edir_retrieval::write(out, &bench, &results)
+            .with_context(|| format!("cannot write reports to `{}`", out.display()))?;
     }
     Ok(EXIT_OK)
 }

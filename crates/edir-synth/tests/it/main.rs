@@ -3,3 +3,4 @@
 #![allow(clippy::unwrap_used, reason = "test code panics on failure by design")]
 
 mod check;
+mod score;
