@@ -110,16 +110,16 @@ pub fn rank(
         return Ok(search_candidates(queries, corpus, &ranks, &candidates, k));
     }
     let exclude: Option<Vec<Option<u32>>> = options.exclude_reference.then(|| {
+        let by_image: std::collections::HashMap<&str, u32> = bench
+            .corpus
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.image.as_str(), u32::try_from(i).unwrap_or(u32::MAX)))
+            .collect();
         bench
             .queries
             .iter()
-            .map(|q| {
-                bench
-                    .corpus
-                    .iter()
-                    .position(|c| c.image == q.image)
-                    .and_then(|i| u32::try_from(i).ok())
-            })
+            .map(|q| by_image.get(q.image.as_str()).copied())
             .collect()
     });
     Ok(search(

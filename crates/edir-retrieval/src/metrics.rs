@@ -1,7 +1,7 @@
 //! Recall@k as trec_eval computes `recall_k` (qrels from `pos` only): the share of a query's
 //! positives in its top k; averaged over queries, per category and per subcategory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use edir_dataset::Benchmark;
 use serde::Serialize;
@@ -53,25 +53,35 @@ pub struct ModelResult {
     pub ties: usize,
 }
 
-/// Per-query recall at each cut-off.
-#[must_use]
-pub fn per_query(bench: &Benchmark, ranked: &[Vec<Ranked>]) -> Vec<[f64; CUTOFFS.len()]> {
-    let index: std::collections::HashMap<&str, u32> = bench
+/// Corpus id -> index.
+fn corpus_index(bench: &Benchmark) -> HashMap<&str, u32> {
+    bench
         .corpus
         .iter()
         .enumerate()
         .map(|(i, c)| (c.id.as_str(), u32::try_from(i).unwrap_or(u32::MAX)))
-        .collect();
+        .collect()
+}
+
+/// The corpus indices of an instance's positives.
+fn positives(index: &HashMap<&str, u32>, instance: &edir_dataset::Instance) -> Vec<u32> {
+    instance
+        .pos
+        .iter()
+        .filter_map(|p| index.get(p.as_str()).copied())
+        .collect()
+}
+
+/// Per-query recall at each cut-off.
+#[must_use]
+pub fn per_query(bench: &Benchmark, ranked: &[Vec<Ranked>]) -> Vec<[f64; CUTOFFS.len()]> {
+    let index = corpus_index(bench);
     bench
         .instances
         .iter()
         .zip(ranked)
         .map(|(instance, list)| {
-            let positives: Vec<u32> = instance
-                .pos
-                .iter()
-                .filter_map(|p| index.get(p.as_str()).copied())
-                .collect();
+            let positives = positives(&index, instance);
             let mut out = [0.0; CUTOFFS.len()];
             for (slot, &k) in CUTOFFS.iter().enumerate() {
                 let hits = list
@@ -127,22 +137,13 @@ pub fn evaluate(model: &str, bench: &Benchmark, ranked: &[Vec<Ranked>]) -> Model
             .or_default()
             .push(*value);
     }
-    let index: std::collections::HashMap<&str, u32> = bench
-        .corpus
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id.as_str(), u32::try_from(i).unwrap_or(u32::MAX)))
-        .collect();
+    let index = corpus_index(bench);
     let ties = bench
         .instances
         .iter()
         .zip(ranked)
         .filter(|(instance, list)| {
-            let positives: Vec<u32> = instance
-                .pos
-                .iter()
-                .filter_map(|p| index.get(p.as_str()).copied())
-                .collect();
+            let positives = positives(&index, instance);
             list.iter()
                 .filter(|r| positives.contains(&r.index))
                 .any(|p| {
