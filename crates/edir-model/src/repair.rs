@@ -195,81 +195,65 @@ impl Endpoint {
         request: &ChatRequest,
         schema: &SchemaCheck,
     ) -> Result<StructuredReply, ModelError> {
-        let mut prompt_tokens = 0;
-        let mut completion_tokens = 0;
-        let first = self.chat(request).await?;
-        prompt_tokens += first.prompt_tokens;
-        completion_tokens += first.completion_tokens;
-        let error = match accept(&first.content, schema) {
-            Ok((value, true)) => {
-                return Ok(StructuredReply {
-                    value,
-                    rung: Rung::Strict,
-                    reply: first,
-                    prompt_tokens,
-                    completion_tokens,
-                });
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        // The first failure (its reply and error) shapes the correction turn.
+        let mut first: Option<(String, String)> = None;
+        let mut last = (String::new(), String::new()); // (error, replica)
+        for rung in [Rung::Strict, Rung::Correction, Rung::Resample] {
+            let mut attempt = request.clone();
+            match (rung, &first) {
+                (Rung::Correction, Some((content, error))) => {
+                    // Show the model what was wrong.
+                    attempt
+                        .messages
+                        .push(Message::text(Role::Assistant, content.clone()));
+                    attempt.messages.push(Message::text(
+                        Role::User,
+                        format!("Your reply is not valid: {error}. Reply again with only the corrected JSON object, no other text."),
+                    ));
+                }
+                // A fresh sample with another seed.
+                (Rung::Resample, _) => {
+                    attempt.seed = Some(request.seed.unwrap_or(0).wrapping_add(0x9E37_79B9));
+                }
+                _ => {}
             }
-            Ok((value, false)) => {
-                return Ok(StructuredReply {
-                    value,
-                    rung: Rung::Lenient,
-                    reply: first,
-                    prompt_tokens,
-                    completion_tokens,
-                });
-            }
-            Err(error) => error,
-        };
-        // One correction turn: show the model what was wrong.
-        let mut correction = request.clone();
-        correction
-            .messages
-            .push(Message::text(Role::Assistant, first.content.clone()));
-        correction.messages.push(Message::text(
-            Role::User,
-            format!("Your reply is not valid: {error}. Reply again with only the corrected JSON object, no other text."),
-        ));
-        let second = self.chat(&correction).await?;
-        prompt_tokens += second.prompt_tokens;
-        completion_tokens += second.completion_tokens;
-        let error = match accept(&second.content, schema) {
-            Ok((value, _)) => {
-                return Ok(StructuredReply {
-                    value,
-                    rung: Rung::Correction,
-                    reply: second,
-                    prompt_tokens,
-                    completion_tokens,
-                });
-            }
-            Err(error) => error,
-        };
-        // A fresh sample with another seed.
-        let mut resample = request.clone();
-        resample.seed = Some(request.seed.unwrap_or(0).wrapping_add(0x9E37_79B9));
-        let third = self.chat(&resample).await?;
-        prompt_tokens += third.prompt_tokens;
-        completion_tokens += third.completion_tokens;
-        match accept(&third.content, schema) {
-            Ok((value, _)) => Ok(StructuredReply {
-                value,
-                rung: Rung::Resample,
-                reply: third,
-                prompt_tokens,
-                completion_tokens,
-            }),
-            Err(last) => {
-                let mut failure = ModelError::new(
-                    ErrorKind::InvalidOutput,
-                    &self.config.name,
-                    &third.replica,
-                    format!("after correction and resampling: {last} (first error: {error})"),
-                );
-                failure.retry_after = None;
-                Err(failure)
+            let reply = self.chat(&attempt).await?;
+            prompt_tokens += reply.prompt_tokens;
+            completion_tokens += reply.completion_tokens;
+            match accept(&reply.content, schema) {
+                Ok((value, strict)) => {
+                    let rung = if rung == Rung::Strict && !strict {
+                        Rung::Lenient
+                    } else {
+                        rung
+                    };
+                    return Ok(StructuredReply {
+                        value,
+                        rung,
+                        reply,
+                        prompt_tokens,
+                        completion_tokens,
+                    });
+                }
+                Err(error) => {
+                    if first.is_none() {
+                        first = Some((reply.content.clone(), error.clone()));
+                    }
+                    last = (error, reply.replica);
+                }
             }
         }
+        let first_error = first.map(|(_, e)| e).unwrap_or_default();
+        Err(ModelError::new(
+            ErrorKind::InvalidOutput,
+            &self.config.name,
+            &last.1,
+            format!(
+                "after correction and resampling: {} (first error: {first_error})",
+                last.0
+            ),
+        ))
     }
 }
 
