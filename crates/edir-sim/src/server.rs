@@ -437,6 +437,34 @@ async fn admit(model: &ModelState) -> Option<Admission<'_>> {
     })
 }
 
+/// Every route's way in: draw this request's faults, apply a transport fault, then wait for a
+/// slot (503 in the route's error shape when the queue is full).
+async fn enter<'a>(
+    state: &SimState,
+    model: &'a ModelState,
+    edit_route: bool,
+) -> Result<(Draw, Admission<'a>), Response> {
+    let draw = draw(state, model);
+    if let Some(response) = transport_fault(model, &draw.transport, edit_route).await {
+        return Err(response);
+    }
+    let Some(admission) = admit(model).await else {
+        let message = "the server's queue is full";
+        let error = if edit_route {
+            fastapi_error(StatusCode::SERVICE_UNAVAILABLE, message)
+        } else {
+            vllm_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                message,
+                "ServiceUnavailableError",
+                None,
+            )
+        };
+        return Err(with_retry_after(error, 1));
+    };
+    Ok((draw, admission))
+}
+
 async fn service(ms: f64) {
     if ms > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
@@ -569,20 +597,9 @@ async fn chat_completions(State(state): State<Arc<SimState>>, body: Bytes) -> Re
             Some("messages"),
         );
     };
-    let mut draw = draw(&state, &model);
-    if let Some(response) = transport_fault(&model, &draw.transport, false).await {
-        return response;
-    }
-    let Some(admission) = admit(&model).await else {
-        return with_retry_after(
-            vllm_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server's queue is full",
-                "ServiceUnavailableError",
-                None,
-            ),
-            1,
-        );
+    let (mut draw, admission) = match enter(&state, &model, false).await {
+        Ok(entered) => entered,
+        Err(response) => return response,
     };
     let (text, images) = match read_messages(messages) {
         Ok(read) => read,
@@ -702,20 +719,9 @@ async fn embeddings(State(state): State<Arc<SimState>>, body: Bytes) -> Response
         Ok(model) => Arc::clone(model),
         Err(response) => return response,
     };
-    let draw = draw(&state, &model);
-    if let Some(response) = transport_fault(&model, &draw.transport, false).await {
-        return response;
-    }
-    let Some(admission) = admit(&model).await else {
-        return with_retry_after(
-            vllm_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server's queue is full",
-                "ServiceUnavailableError",
-                None,
-            ),
-            1,
-        );
+    let (_draw, admission) = match enter(&state, &model, false).await {
+        Ok(entered) => entered,
+        Err(response) => return response,
     };
     let style = model
         .config
@@ -881,18 +887,9 @@ async fn image_edits(State(state): State<Arc<SimState>>, multipart: Multipart) -
             "field `prompt` is required",
         );
     }
-    let mut draw = draw(&state, &model);
-    if let Some(response) = transport_fault(&model, &draw.transport, true).await {
-        return response;
-    }
-    let Some(admission) = admit(&model).await else {
-        return with_retry_after(
-            fastapi_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server's queue is full",
-            ),
-            1,
-        );
+    let (mut draw, admission) = match enter(&state, &model, true).await {
+        Ok(entered) => entered,
+        Err(response) => return response,
     };
     let seed = form.seed.unwrap_or_else(|| draw.rng.next_u64());
     let wrong = draw.content == ContentFault::WrongEdit;
