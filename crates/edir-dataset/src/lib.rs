@@ -4,3 +4,6 @@
 mod read;
 
 pub use read::{Benchmark, CorpusItem, DatasetError, Instance, Problem, Query};
+mod write;
+
+pub use write::{Export, ExportImage, write};

@@ -3,6 +3,7 @@
 //! per category and per subcategory.
 #![warn(missing_docs)]
 
+mod embed;
 mod matrix;
 mod metrics;
 mod report;
@@ -14,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 
 use edir_dataset::Benchmark;
 
+pub use embed::{CORPUS_INSTRUCTION, EmbedError, QUERY_INSTRUCTION, embed_benchmark};
 pub use matrix::{Matrix, MatrixError};
 pub use metrics::{CUTOFFS, Group, ModelResult, category_of, evaluate, per_query};
 pub use report::{PREDICTIONS_TOP, markdown, predictions, write};

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod artifact;
+mod checkpoint;
 mod clock;
 mod embeddings;
 mod error;
@@ -14,6 +15,7 @@ mod tasks;
 mod url;
 
 pub use artifact::{ArtifactHash, ArtifactStore};
+pub use checkpoint::{CheckpointOutcome, Step, Then};
 pub use clock::Clock;
 pub use error::StoreError;
 pub use model::{
@@ -21,5 +23,6 @@ pub use model::{
     RunId, RunState, SampleCount, SampleId, SampleRecord, SampleState, TaskCount, TaskId,
     TaskRecord, TaskState,
 };
+pub use status::{FailureCount, StageUsage};
 pub use store::{POSTGRES_MIGRATOR, SQLITE_MIGRATOR, Store, StoreOptions};
 pub use url::{Backend, StoreUrl, redact};

@@ -165,6 +165,66 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Appends an event (the engine's notes: a skipped reference, a run's settings).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn record_event(
+        &self,
+        run: &RunId,
+        actor: &str,
+        kind: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "record event";
+        let now = self.now();
+        let mut tx = self.write(OP).await?;
+        insert_event(
+            &mut tx,
+            EventRow {
+                run: &run.0,
+                at: now,
+                actor,
+                kind,
+                sample: None,
+                task: None,
+                detail,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(query(OP))
+    }
+
+    /// The run's events of one kind, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn events_of_kind(&self, run: &RunId, kind: &str) -> Result<Vec<Event>, StoreError> {
+        const OP: &str = "list events";
+        let rows = sqlx::query(
+            "SELECT at, actor, kind, sample_id, task_id, detail FROM events WHERE run_id = $1 AND kind = $2 ORDER BY id",
+        )
+        .bind(&run.0)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query(OP))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Event {
+                    at: get(row, "at", OP)?,
+                    actor: get(row, "actor", OP)?,
+                    kind: get(row, "kind", OP)?,
+                    sample: get(row, "sample_id", OP)?,
+                    task: get(row, "task_id", OP)?,
+                    detail: get(row, "detail", OP)?,
+                })
+            })
+            .collect()
+    }
+}
+
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {
     const OP: &str = "read run";
     let state: String = get(row, "state", OP)?;

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use crate::StoreError;
 use crate::error::query;
 use crate::model::{NewSample, RunId, SampleId, SampleRecord, SampleState};
-use crate::store::{EventRow, Store, get, insert_event};
+use crate::store::{Store, get};
 
 impl Store {
     /// Adds samples with their tasks and dependency edges, all in one transaction. Tasks without
@@ -104,47 +104,22 @@ impl Store {
         const OP: &str = "decide sample";
         let now = self.now();
         let mut tx = self.write(OP).await?;
-        let row = sqlx::query(
-            "UPDATE samples SET state = $1, decided_stage = $2, reason = $3, updated_at = $4 \
-             WHERE id = $5 AND state = 'active' RETURNING run_id",
-        )
-        .bind(state.as_str())
-        .bind(stage)
-        .bind(reason)
-        .bind(now)
-        .bind(&sample.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query(OP))?;
+        let row = sqlx::query("SELECT run_id FROM samples WHERE id = $1")
+            .bind(&sample.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query(OP))?;
         let Some(row) = row else {
             tx.rollback().await.map_err(query(OP))?;
             return Ok(false);
         };
         let run: String = get(&row, "run_id", OP)?;
-        sqlx::query(
-            "UPDATE tasks SET state = 'skipped', updated_at = $1 WHERE sample_id = $2 AND state IN ('blocked', 'ready')",
-        )
-        .bind(now)
-        .bind(&sample.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(query(OP))?;
-        let kind = format!("sample_{state}");
-        insert_event(
-            &mut tx,
-            EventRow {
-                run: &run,
-                at: now,
-                actor,
-                kind: &kind,
-                sample: Some(&sample.0),
-                task: None,
-                detail: reason,
-            },
+        let decided = crate::checkpoint::decide_in(
+            &mut tx, &run, sample, state, stage, reason, actor, now,
         )
         .await?;
         tx.commit().await.map_err(query(OP))?;
-        Ok(true)
+        Ok(decided)
     }
 
     /// One sample.

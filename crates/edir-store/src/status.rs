@@ -93,4 +93,93 @@ impl Store {
             })
             .collect()
     }
+
+    /// Model-call accounting per stage: calls, latency, tokens and the time span they cover.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn stage_usage(&self, run: &RunId) -> Result<Vec<StageUsage>, StoreError> {
+        const OP: &str = "stage usage";
+        let rows = sqlx::query(
+            "SELECT stage, COUNT(*) AS n, CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT) AS latency, \
+                    CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
+                    COALESCE(MIN(finished_at - COALESCE(latency_ms, 0)), 0) AS first_start, COALESCE(MAX(finished_at), 0) AS last_end \
+             FROM tasks WHERE run_id = $1 AND state = 'done' AND endpoint IS NOT NULL GROUP BY stage ORDER BY stage",
+        )
+        .bind(&run.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query(OP))?;
+        rows.iter()
+            .map(|row| {
+                Ok(StageUsage {
+                    stage: get(row, "stage", OP)?,
+                    calls: get(row, "n", OP)?,
+                    latency_ms: get(row, "latency", OP)?,
+                    prompt_tokens: get(row, "prompt", OP)?,
+                    completion_tokens: get(row, "completion", OP)?,
+                    first_start_ms: get(row, "first_start", OP)?,
+                    last_end_ms: get(row, "last_end", OP)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Failed tasks per (stage, error class), with one message as an example.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn failure_counts(&self, run: &RunId) -> Result<Vec<FailureCount>, StoreError> {
+        const OP: &str = "count failures";
+        let rows = sqlx::query(
+            "SELECT stage, COALESCE(error_class, '') AS class, COUNT(*) AS n, MAX(error_message) AS example \
+             FROM tasks WHERE run_id = $1 AND state = 'failed' GROUP BY stage, error_class ORDER BY n DESC, stage, class",
+        )
+        .bind(&run.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query(OP))?;
+        rows.iter()
+            .map(|row| {
+                Ok(FailureCount {
+                    stage: get(row, "stage", OP)?,
+                    class: get(row, "class", OP)?,
+                    count: get(row, "n", OP)?,
+                    example: get::<Option<String>>(row, "example", OP)?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Model-call accounting of one stage.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StageUsage {
+    /// Stage id.
+    pub stage: String,
+    /// Calls that produced an output.
+    pub calls: i64,
+    /// Sum of their latencies.
+    pub latency_ms: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+    /// When the first of them started (ms since the epoch).
+    pub first_start_ms: i64,
+    /// When the last of them finished.
+    pub last_end_ms: i64,
+}
+
+/// Failed tasks of one (stage, class).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailureCount {
+    /// Stage id.
+    pub stage: String,
+    /// Error class.
+    pub class: String,
+    /// How many tasks.
+    pub count: i64,
+    /// One of their messages.
+    pub example: String,
 }

@@ -142,29 +142,7 @@ impl Store {
         let mut tx = self.write(OP).await?;
         let mut outcome = BatchOutcome::default();
         for c in completions {
-            let state = match c.outcome {
-                Outcome::Done => TaskState::Done,
-                Outcome::Skipped => TaskState::Skipped,
-            };
-            let written = sqlx::query(COMPLETE)
-                .bind(state.as_str())
-                .bind(c.output_json.as_deref())
-                .bind(c.output_artifact.as_deref())
-                .bind(c.cache_key.as_deref())
-                .bind(c.endpoint.as_deref())
-                .bind(c.latency_ms)
-                .bind(c.prompt_tokens)
-                .bind(c.completion_tokens)
-                .bind(now)
-                .bind(c.task.0)
-                .bind(&c.owner)
-                .bind(c.attempt)
-                .execute(&mut *tx)
-                .await
-                .map_err(query(OP))?
-                .rows_affected();
-            if written == 1 {
-                ready_dependents(&mut tx, c.task, now).await?;
+            if complete_in(&mut tx, c, now).await? {
                 outcome.written += 1;
             } else {
                 outcome.lost.push(c.task);
@@ -185,52 +163,10 @@ impl Store {
         let mut tx = self.write(OP).await?;
         let mut outcome = BatchOutcome::default();
         for f in failures {
-            let message = truncate(&f.message, MAX_ERROR_MESSAGE);
-            let (state, not_before, finished) = match f.retry_at {
-                Some(at) => (TaskState::Ready, at, None),
-                None => (TaskState::Failed, 0, Some(now)),
-            };
-            let written = sqlx::query(FAIL)
-                .bind(state.as_str())
-                .bind(not_before)
-                .bind(&f.class)
-                .bind(message)
-                .bind(now)
-                .bind(finished)
-                .bind(f.task.0)
-                .bind(&f.owner)
-                .bind(f.attempt)
-                .execute(&mut *tx)
-                .await
-                .map_err(query(OP))?
-                .rows_affected();
-            if written != 1 {
+            if fail_in(&mut tx, f, now).await? {
+                outcome.written += 1;
+            } else {
                 outcome.lost.push(f.task);
-                continue;
-            }
-            outcome.written += 1;
-            if f.retry_at.is_none() {
-                let row = sqlx::query("SELECT run_id, sample_id FROM tasks WHERE id = $1")
-                    .bind(f.task.0)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(query(OP))?;
-                let run: String = get(&row, "run_id", OP)?;
-                let sample: String = get(&row, "sample_id", OP)?;
-                let detail = format!("{}: {message}", f.class);
-                insert_event(
-                    &mut tx,
-                    EventRow {
-                        run: &run,
-                        at: now,
-                        actor: &f.owner,
-                        kind: "task_failed",
-                        sample: Some(&sample),
-                        task: Some(f.task.0),
-                        detail: Some(&detail),
-                    },
-                )
-                .await?;
             }
         }
         tx.commit().await.map_err(query(OP))?;
@@ -325,6 +261,97 @@ impl Store {
         .map_err(query(OP))?;
         rows.iter().map(task_from_row).collect()
     }
+}
+
+/// Writes one completion inside a transaction and readies its dependents; `false` when the
+/// lease was lost (nothing written).
+pub(crate) async fn complete_in(
+    tx: &mut Transaction<'static, Any>,
+    c: &Completion,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const OP: &str = "complete tasks";
+    let state = match c.outcome {
+        Outcome::Done => TaskState::Done,
+        Outcome::Skipped => TaskState::Skipped,
+    };
+    let written = sqlx::query(COMPLETE)
+        .bind(state.as_str())
+        .bind(c.output_json.as_deref())
+        .bind(c.output_artifact.as_deref())
+        .bind(c.cache_key.as_deref())
+        .bind(c.endpoint.as_deref())
+        .bind(c.latency_ms)
+        .bind(c.prompt_tokens)
+        .bind(c.completion_tokens)
+        .bind(now)
+        .bind(c.task.0)
+        .bind(&c.owner)
+        .bind(c.attempt)
+        .execute(&mut **tx)
+        .await
+        .map_err(query(OP))?
+        .rows_affected();
+    if written == 1 {
+        ready_dependents(tx, c.task, now).await?;
+    }
+    Ok(written == 1)
+}
+
+/// Writes one failed attempt inside a transaction (with an event when it is final); `false`
+/// when the lease was lost (nothing written).
+pub(crate) async fn fail_in(
+    tx: &mut Transaction<'static, Any>,
+    f: &Failure,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const OP: &str = "fail tasks";
+    let message = truncate(&f.message, MAX_ERROR_MESSAGE);
+    let (state, not_before, finished) = match f.retry_at {
+        Some(at) => (TaskState::Ready, at, None),
+        None => (TaskState::Failed, 0, Some(now)),
+    };
+    let written = sqlx::query(FAIL)
+        .bind(state.as_str())
+        .bind(not_before)
+        .bind(&f.class)
+        .bind(message)
+        .bind(now)
+        .bind(finished)
+        .bind(f.task.0)
+        .bind(&f.owner)
+        .bind(f.attempt)
+        .execute(&mut **tx)
+        .await
+        .map_err(query(OP))?
+        .rows_affected();
+    if written != 1 {
+        return Ok(false);
+    }
+    if f.retry_at.is_none() {
+        let row = sqlx::query("SELECT run_id, sample_id FROM tasks WHERE id = $1")
+            .bind(f.task.0)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(query(OP))?;
+        let run: String = get(&row, "run_id", OP)?;
+        let sample: String = get(&row, "sample_id", OP)?;
+        let detail = format!("{}: {message}", f.class);
+        insert_event(
+            tx,
+            EventRow {
+                run: &run,
+                at: now,
+                actor: &f.owner,
+                kind: "task_failed",
+                sample: Some(&sample),
+                task: Some(f.task.0),
+                detail: Some(&detail),
+            },
+        )
+        .await?;
+    }
+    Ok(true)
 }
 
 async fn ready_dependents(

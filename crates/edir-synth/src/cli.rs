@@ -36,6 +36,37 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run (or resume) a pipeline until every subcategory has its quota; then export and score.
+    Run(RunArgs),
+    /// Where a run stands: per subcategory and stage, rejections, failures, usage and cost.
+    Status {
+        /// The work directory (default: the only one under `runs/`).
+        #[arg(long, conflicts_with = "store")]
+        workdir: Option<PathBuf>,
+        /// The store URL (`postgres://...` or `sqlite://...`).
+        #[arg(long)]
+        store: Option<String>,
+        /// The run name, when the store holds several.
+        #[arg(long)]
+        run: Option<String>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the accepted samples in the EDIR layout.
+    Export {
+        /// The pipeline (for the taxonomy and the stage roles).
+        pipeline: PathBuf,
+        /// The work directory (default: the pipeline's, `runs/<name>`).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// The store URL (default: the work directory's SQLite file).
+        #[arg(long)]
+        store: Option<String>,
+        /// Where to write the benchmark.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the OpenAI-compatible simulator, or write reference scenes with `--scenes N --out DIR`.
     Sim {
         /// Port to listen on (0 picks a free one; the URL is printed).
@@ -87,4 +118,54 @@ pub(crate) enum Command {
         #[arg(long)]
         exclude_reference: bool,
     },
+}
+
+/// Options of `run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The pipeline file.
+    pub(crate) pipeline: PathBuf,
+    /// Run against the built-in simulator (in process) instead of the pipeline's endpoints.
+    #[arg(long)]
+    pub(crate) sim: bool,
+    /// With `--sim`: inject the simulator's faults at this total rate (0 to 1).
+    #[arg(long, requires = "sim")]
+    pub(crate) sim_faults: Option<f64>,
+    /// With `--sim`: simulator configuration (YAML; e.g. `pipelines/sim-gpu.yaml` for GPU-like
+    /// latencies and capacities).
+    #[arg(long, requires = "sim")]
+    pub(crate) sim_config: Option<PathBuf>,
+    /// With `--sim` and no source folder: sizes (longer side, pixels) of the generated scenes.
+    #[arg(long, requires = "sim", value_delimiter = ',', default_value = "256,320,384")]
+    pub(crate) sim_sizes: Vec<u32>,
+    /// Reference images: a folder or a JSONL manifest (overrides the pipeline's source).
+    #[arg(long)]
+    pub(crate) source: Option<PathBuf>,
+    /// The work directory (default: the pipeline's, `runs/<name>`).
+    #[arg(long)]
+    pub(crate) workdir: Option<PathBuf>,
+    /// The store URL (default: `sqlite://<workdir>/store.sqlite`).
+    #[arg(long)]
+    pub(crate) store: Option<String>,
+    /// Accepted samples per subcategory (overrides the pipeline's quota).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) quota: Option<u32>,
+    /// Run only these subcategories (id or label; repeatable).
+    #[arg(long)]
+    pub(crate) only: Vec<String>,
+    /// Serve Prometheus metrics on this address (e.g. `127.0.0.1:9184`).
+    #[arg(long)]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Most samples in progress at once (default: twice the endpoints' concurrency).
+    #[arg(long)]
+    pub(crate) max_active: Option<usize>,
+    /// Seconds in-flight calls may take to finish after Ctrl-C.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) grace_period: f64,
+    /// Skip the export and scoring at the end.
+    #[arg(long)]
+    pub(crate) no_export: bool,
+    /// Skip scoring at the end (the export is still written).
+    #[arg(long)]
+    pub(crate) no_score: bool,
 }

@@ -15,6 +15,19 @@ use crate::{EXIT_ERROR, EXIT_OK};
 pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check { pipeline } => check(&pipeline),
+        Command::Run(args) => crate::run::run(args),
+        Command::Status {
+            workdir,
+            store,
+            run,
+            json,
+        } => crate::status::status(workdir.as_deref(), store.as_deref(), run.as_deref(), json),
+        Command::Export {
+            pipeline,
+            workdir,
+            store,
+            out,
+        } => export(&pipeline, workdir.as_deref(), store.as_deref(), &out),
         Command::Taxonomy { file, json } => taxonomy(&file, json),
         Command::Score {
             bench,
@@ -293,4 +306,37 @@ fn score(
             .with_context(|| format!("cannot write reports to `{}`", out.display()))?;
     }
     Ok(EXIT_OK)
+}
+
+fn export(
+    path: &Path,
+    workdir: Option<&Path>,
+    store: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<u8> {
+    let Some(pipeline) = crate::run::compile(path, true) else {
+        return Ok(EXIT_ERROR);
+    };
+    let (workdir, _) = crate::run::locate(&pipeline, workdir, store)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = crate::status::open_existing(Some(&workdir), store).await?;
+        let run = store
+            .find_run(&pipeline.name)
+            .await?
+            .with_context(|| format!("no run `{}` in this store yet", pipeline.name))?;
+        let artifacts = edir_store::ArtifactStore::open(workdir.join("artifacts"))?;
+        let summary = edir_engine::export(&pipeline, &store, &artifacts, &run.id, out).await?;
+        store.close().await;
+        output::stdout(&format!(
+            "exported {} queries and {} corpus images to `{}`\n",
+            summary.queries,
+            summary.corpus,
+            out.display()
+        ))?;
+        Ok(EXIT_OK)
+    })
 }

@@ -6,6 +6,8 @@
 mod cli;
 mod commands;
 mod output;
+mod run;
+mod status;
 
 use std::process::ExitCode;
 
@@ -15,14 +17,13 @@ use crate::cli::Cli;
 
 /// Exit code of a successful command.
 pub(crate) const EXIT_OK: u8 = 0;
-/// Exit code of a run that finished with failed samples.
-#[expect(
-    dead_code,
-    reason = "used by `run` once the engine lands; documented in the README"
-)]
+/// Exit code of a run that finished with a subcategory short of its quota (failed or rejected
+/// samples the over-generation budget could not replace).
 pub(crate) const EXIT_FAILED_SAMPLES: u8 = 1;
 /// Exit code of a usage, configuration or internal error.
 pub(crate) const EXIT_ERROR: u8 = 2;
+/// Exit code of a run stopped by Ctrl-C or SIGTERM (run it again to resume).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

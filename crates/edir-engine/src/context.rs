@@ -1,0 +1,303 @@
+//! What a task sees: its sample (reference, subcategory, seed) and the outputs of the stages
+//! before it, kept in memory for active samples so handing work on costs no store read.
+//!
+//! The cache is an optimisation, never the record: a sample missing from it (a resumed run, a
+//! task another host finished) is loaded from the store, and an output the cache lacks is
+//! looked up there before a task gives up on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use edir_config::{ImageRef, Pipeline};
+use edir_store::{ArtifactStore, SampleId, Store, TaskState};
+use serde_json::{Value, json};
+
+use crate::error::EngineError;
+use crate::source;
+
+/// A finished task's output as later stages see it.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The JSON output (`null` for a skipped task).
+    pub json: Value,
+    /// The artifact (an edited image), if any.
+    pub artifact: Option<String>,
+    /// Whether the task was skipped (a fan-out item without input).
+    pub skipped: bool,
+}
+
+/// An active sample.
+#[derive(Debug)]
+pub struct SampleContext {
+    /// Its id.
+    pub id: SampleId,
+    /// Subcategory id.
+    pub subcategory: String,
+    /// Its seed.
+    pub seed: i64,
+    /// Reference artifact hash.
+    pub reference: String,
+    /// Reference source name.
+    pub reference_name: String,
+    outputs: Mutex<HashMap<(String, i64), Output>>,
+}
+
+impl SampleContext {
+    /// A new context with no outputs yet.
+    #[must_use]
+    pub fn new(
+        id: SampleId,
+        subcategory: String,
+        seed: i64,
+        reference: String,
+        reference_name: String,
+    ) -> Self {
+        Self {
+            id,
+            subcategory,
+            seed,
+            reference,
+            reference_name,
+            outputs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an output.
+    pub fn put(&self, stage: &str, item: i64, output: Output) {
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((stage.to_string(), item), output);
+    }
+
+    /// An output, if known.
+    #[must_use]
+    pub fn get(&self, stage: &str, item: i64) -> Option<Output> {
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(stage.to_string(), item))
+            .cloned()
+    }
+
+    fn has_all(&self, needs: &[(String, i64)]) -> bool {
+        let outputs = self.outputs.lock().unwrap_or_else(PoisonError::into_inner);
+        needs
+            .iter()
+            .all(|(s, i)| outputs.contains_key(&(s.clone(), *i)))
+    }
+
+    /// Loads every finished output of this sample from the store (what the cache missed).
+    async fn refresh(&self, store: &Store) -> Result<(), EngineError> {
+        for task in store.tasks_of_sample(&self.id).await? {
+            let output = match task.state {
+                TaskState::Done => Output {
+                    json: task
+                        .output_json
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str(t).ok())
+                        .unwrap_or(Value::Null),
+                    artifact: task.output_artifact,
+                    skipped: false,
+                },
+                TaskState::Skipped => Output {
+                    json: Value::Null,
+                    artifact: None,
+                    skipped: true,
+                },
+                _ => continue,
+            };
+            self.put(&task.stage, task.item, output);
+        }
+        Ok(())
+    }
+}
+
+/// Active samples by id.
+#[derive(Debug, Default)]
+pub struct ContextCache {
+    samples: Mutex<HashMap<SampleId, Arc<SampleContext>>>,
+}
+
+impl ContextCache {
+    /// Adds a sample.
+    pub fn insert(&self, context: Arc<SampleContext>) {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(context.id.clone(), context);
+    }
+
+    /// Forgets a sample (decided, or its state is uncertain).
+    pub fn remove(&self, sample: &SampleId) {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(sample);
+    }
+
+    /// How many samples are cached.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether the cache is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The context of `sample` with the outputs of `needs` present, loading from the store
+    /// what the cache does not have.
+    ///
+    /// # Errors
+    /// Store errors; [`EngineError::Internal`] when a needed output is not in the store either.
+    pub async fn get(
+        &self,
+        store: &Store,
+        sample: &SampleId,
+        needs: &[(String, i64)],
+    ) -> Result<Arc<SampleContext>, EngineError> {
+        let cached = self
+            .samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sample)
+            .cloned();
+        let context = match cached {
+            Some(context) => context,
+            None => {
+                let record = store.sample(sample).await?;
+                let context = Arc::new(SampleContext::new(
+                    record.id,
+                    record.subcategory,
+                    record.seed,
+                    record.reference,
+                    record.reference_name,
+                ));
+                context.refresh(store).await?;
+                self.insert(context.clone());
+                return check(context, needs);
+            }
+        };
+        if !context.has_all(needs) {
+            context.refresh(store).await?;
+        }
+        check(context, needs)
+    }
+}
+
+fn check(
+    context: Arc<SampleContext>,
+    needs: &[(String, i64)],
+) -> Result<Arc<SampleContext>, EngineError> {
+    if context.has_all(needs) {
+        Ok(context)
+    } else {
+        Err(EngineError::Internal(format!(
+            "sample `{}`: a task became ready before the outputs it needs were stored",
+            context.id
+        )))
+    }
+}
+
+/// Builds the template variables of one task: the sample's and the upstream outputs.
+pub fn variables(
+    pipeline: &Pipeline,
+    items: &HashMap<String, i64>,
+    context: &SampleContext,
+    reference_dims: Option<(u32, u32)>,
+    item: Option<Value>,
+) -> Value {
+    let subcategory = pipeline.taxonomy.find(&context.subcategory);
+    let category = subcategory.and_then(|s| pipeline.taxonomy.category(&s.category));
+    let (width, height) = reference_dims.unwrap_or((0, 0));
+    let mut vars = json!({
+        "reference": {
+            "name": context.reference_name,
+            "width": width,
+            "height": height,
+            "hash": context.reference,
+        },
+        "subcategory": subcategory,
+        "category": category,
+        "num_negatives": pipeline.quota.negatives,
+        "seed": context.seed,
+        "sample_id": context.id.0,
+    });
+    let map = vars.as_object_mut().expect("a JSON object");
+    for stage in &pipeline.stages {
+        let n = items.get(&stage.id).copied().unwrap_or(1);
+        if stage.for_each.is_some() {
+            let mut images = Vec::new();
+            let mut texts = Vec::new();
+            let mut any = false;
+            for i in 0..n {
+                if let Some(output) = context.get(&stage.id, i) {
+                    any = true;
+                    if output.skipped {
+                        continue;
+                    }
+                    if let Some(image) = output.json.get("image") {
+                        images.push(image.clone());
+                    }
+                    if let Some(text) = output.json.get("item") {
+                        texts.push(text.clone());
+                    }
+                }
+            }
+            if any {
+                map.insert(
+                    stage.id.clone(),
+                    json!({"images": images, "items": texts}),
+                );
+            }
+        } else if let Some(output) = context.get(&stage.id, 0) {
+            map.insert(stage.id.clone(), output.json);
+        }
+    }
+    if let Some(item) = item {
+        map.insert("item".into(), item);
+    }
+    vars
+}
+
+/// The artifact hashes an image reference stands for, in order.
+#[must_use]
+pub fn image_hashes(
+    image: &ImageRef,
+    items: &HashMap<String, i64>,
+    context: &SampleContext,
+) -> Vec<String> {
+    match image {
+        ImageRef::Reference => vec![context.reference.clone()],
+        ImageRef::Stage { stage, many } => {
+            let n = if *many {
+                items.get(stage).copied().unwrap_or(1)
+            } else {
+                1
+            };
+            (0..n)
+                .filter_map(|i| context.get(stage, i))
+                .filter_map(|o| o.artifact)
+                .collect()
+        }
+    }
+}
+
+/// Reads an artifact, with its MIME type.
+///
+/// # Errors
+/// The store's error when the file is missing or unreadable.
+pub fn read_image(
+    artifacts: &ArtifactStore,
+    hash: &str,
+) -> Result<(Arc<Vec<u8>>, &'static str), edir_store::StoreError> {
+    let bytes = artifacts.get(hash)?;
+    let mime = source::mime_of(&bytes);
+    Ok((Arc::new(bytes), mime))
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod context;
+mod endpoints;
+mod engine;
+mod error;
+mod export;
+pub mod operator;
+mod plan;
+pub mod progress;
+pub mod source;
+
+pub use endpoints::{connect, endpoint_configs};
+pub use engine::{Engine, RunOptions, RunSummary};
+pub use error::EngineError;
+pub use export::{ExportSummary, export};
+pub use plan::StagePlan;
+pub use progress::{Progress, StageProgress, SubcategoryProgress};
