@@ -168,9 +168,8 @@ impl ContextCache {
             .unwrap_or_else(PoisonError::into_inner)
             .get(sample)
             .cloned();
-        let context = match cached {
-            Some(context) => context,
-            None => {
+        let Some(context) = cached else {
+            {
                 let record = store.sample(sample).await?;
                 let context = Arc::new(SampleContext::new(
                     record.id,
@@ -208,7 +207,7 @@ fn check(
 /// Builds the template variables of one task: the sample's and the upstream outputs.
 pub fn variables(
     pipeline: &Pipeline,
-    items: &HashMap<String, i64>,
+    items: &HashMap<String, i64, impl std::hash::BuildHasher>,
     context: &SampleContext,
     reference_dims: Option<(u32, u32)>,
     item: Option<Value>,
@@ -251,10 +250,7 @@ pub fn variables(
                 }
             }
             if any {
-                map.insert(
-                    stage.id.clone(),
-                    json!({"images": images, "items": texts}),
-                );
+                map.insert(stage.id.clone(), json!({"images": images, "items": texts}));
             }
         } else if let Some(output) = context.get(&stage.id, 0) {
             map.insert(stage.id.clone(), output.json);
@@ -270,7 +266,7 @@ pub fn variables(
 #[must_use]
 pub fn image_hashes(
     image: &ImageRef,
-    items: &HashMap<String, i64>,
+    items: &HashMap<String, i64, impl std::hash::BuildHasher>,
     context: &SampleContext,
 ) -> Vec<String> {
     match image {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use edir_config::Pipeline;
 use edir_model::Endpoint;
 use edir_store::{
-    ArtifactStore, Claim, Completion, Failure, NewSample, Outcome, RunId, RunState, SampleId,
-    SampleState, Step, Store, Then,
+    ArtifactStore, Claim, Completion, Failure, HandOff, NewSample, Outcome, RunId, RunState,
+    SampleId, SampleState, Step, Store, Then,
 };
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -124,6 +124,8 @@ struct Shared {
     cache: ContextCache,
     progress: Arc<Progress>,
     wake: Vec<Notify>,
+    /// Per stage: tasks the writer leased in its checkpoint and hands straight on.
+    handoff: Vec<mpsc::UnboundedSender<Claim>>,
     drawer: Notify,
     intake: CancellationToken,
     hard: CancellationToken,
@@ -271,7 +273,10 @@ impl Engine {
         let mut counts: BTreeMap<String, SubcategoryProgress> = BTreeMap::new();
         let mut used: HashMap<String, HashMap<String, u32>> = HashMap::new();
         for id in &selected {
-            let sub = pipeline.taxonomy.find(id).expect("selected from the taxonomy");
+            let sub = pipeline
+                .taxonomy
+                .find(id)
+                .expect("selected from the taxonomy");
             let quota = u64::from(self.options.quota.unwrap_or_else(|| pipeline.quota_for(id)));
             #[expect(
                 clippy::cast_possible_truncation,
@@ -341,6 +346,11 @@ impl Engine {
             (2 * sum).max(32)
         });
 
+        let (handoff, mut handoff_rx): (Vec<_>, Vec<_>) = pipeline
+            .stages
+            .iter()
+            .map(|_| mpsc::unbounded_channel::<Claim>())
+            .unzip();
         let shared = Arc::new(Shared {
             pipeline: pipeline.clone(),
             store: self.store.clone(),
@@ -348,6 +358,7 @@ impl Engine {
             owner: owner.clone(),
             options: self.options.clone(),
             wake: pipeline.stages.iter().map(|_| Notify::new()).collect(),
+            handoff,
             plan,
             needs,
             operators,
@@ -363,10 +374,11 @@ impl Engine {
         let writer = tokio::spawn(writer(shared.clone(), rx));
         let renewer = tokio::spawn(renew(shared.clone()));
         let mut dispatchers = Vec::new();
-        for index in 0..pipeline.stages.len() {
+        for (index, handed) in handoff_rx.drain(..).enumerate() {
             dispatchers.push(tokio::spawn(dispatch(
                 shared.clone(),
                 index,
+                handed,
                 tx.clone(),
                 tracker.clone(),
             )));
@@ -403,6 +415,14 @@ impl Engine {
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         renewer.abort();
         written?;
+        // Tasks handed over or claimed but never started go back to `ready` for the next run.
+        let released = self.store.release_leases(&run.id, &owner).await?;
+        if released > 0 {
+            tracing::info!(
+                tasks = released,
+                "released tasks that were claimed but not started"
+            );
+        }
         let finished = finished?;
         let state = if finished {
             RunState::Finished
@@ -476,12 +496,7 @@ fn run_settings(pipeline: &Pipeline, selected: &[String], quota: Option<u32>) ->
         .collect();
     let quotas: BTreeMap<&str, u32> = selected
         .iter()
-        .map(|s| {
-            (
-                s.as_str(),
-                quota.unwrap_or_else(|| pipeline.quota_for(s)),
-            )
-        })
+        .map(|s| (s.as_str(), quota.unwrap_or_else(|| pipeline.quota_for(s))))
         .collect();
     let prompts: BTreeMap<&str, serde_json::Value> = pipeline
         .stages
@@ -507,8 +522,9 @@ fn run_settings(pipeline: &Pipeline, selected: &[String], quota: Option<u32>) ->
     })
 }
 
-/// Extends this owner's leases while it works, so a lease outlives slow calls but a crashed
-/// worker's tasks are claimable again within one lease.
+/// Extends this owner's leases while it works, so a lease outlives slow calls, and puts
+/// expired leases (a crashed worker's) back to `ready`, so they are redone within a lease
+/// and a third.
 async fn renew(shared: Arc<Shared>) {
     let every = shared.options.lease / 3;
     loop {
@@ -520,12 +536,28 @@ async fn renew(shared: Arc<Shared>) {
         {
             tracing::warn!(%error, "cannot renew leases");
         }
+        // Tasks of a worker that died become claimable again once their lease expired.
+        match shared
+            .store
+            .reclaim_expired(&shared.run, &shared.owner)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(tasks = n, "reclaimed tasks whose lease expired");
+                for wake in &shared.wake {
+                    wake.notify_one();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot reclaim expired leases"),
+        }
     }
 }
 
 async fn dispatch(
     shared: Arc<Shared>,
     index: usize,
+    mut handed: mpsc::UnboundedReceiver<Claim>,
     tx: mpsc::Sender<Written>,
     tracker: TaskTracker,
 ) {
@@ -540,66 +572,93 @@ async fn dispatch(
     }
     .max(1);
     let permits = Arc::new(Semaphore::new(capacity));
+    let mut pending: std::collections::VecDeque<Claim> = std::collections::VecDeque::new();
+    let mut look = true;
     loop {
         if shared.intake.is_cancelled() {
             return;
         }
-        let free = permits.available_permits();
-        if free == 0 {
+        while let Ok(claim) = handed.try_recv() {
+            pending.push_back(claim);
+        }
+        while permits.available_permits() > 0
+            && let Some(claim) = pending.pop_front()
+        {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            spawn_task(&shared, index, claim, permit, &tx, &tracker);
+        }
+        if !pending.is_empty() {
             tokio::select! {
                 permit = permits.clone().acquire_owned() => drop(permit),
                 () = shared.intake.cancelled() => return,
             }
             continue;
         }
-        let limit = u32::try_from(free.min(shared.options.batch)).unwrap_or(u32::MAX);
-        let claims = match shared
-            .store
-            .claim(
-                &shared.run,
-                &stage.id,
-                &shared.owner,
-                limit,
-                shared.options.lease,
-            )
-            .await
-        {
-            Ok(claims) => claims,
-            Err(error) => {
-                tracing::error!(stage = %stage.id, %error, "cannot claim tasks");
-                tokio::time::sleep(shared.options.poll).await;
-                continue;
-            }
-        };
-        if claims.is_empty() {
-            tokio::select! {
-                () = shared.wake[index].notified() => {}
-                () = tokio::time::sleep(shared.options.poll) => {}
-                () = shared.intake.cancelled() => return,
+        let free = permits.available_permits();
+        if look && free > 0 {
+            let limit = u32::try_from(free.min(shared.options.batch)).unwrap_or(u32::MAX);
+            let started = std::time::Instant::now();
+            match shared
+                .store
+                .claim(
+                    &shared.run,
+                    &stage.id,
+                    &shared.owner,
+                    limit,
+                    shared.options.lease,
+                )
+                .await
+            {
+                Ok(claims) => {
+                    tracing::debug!(stage = %stage.id, claimed = claims.len(), ms = started.elapsed().as_secs_f64() * 1e3, "claim");
+                    // A full batch: there may be more.
+                    look = claims.len() == limit as usize;
+                    pending.extend(claims);
+                }
+                Err(error) => {
+                    tracing::error!(stage = %stage.id, %error, "cannot claim tasks");
+                    look = false;
+                }
             }
             continue;
         }
-        for claim in claims {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let shared = shared.clone();
-            let tx = tx.clone();
-            tracker.spawn(async move {
-                let progress = &shared.progress.stages[index];
-                progress.in_flight.fetch_add(1, Ordering::Relaxed);
-                let written = tokio::select! {
-                    written = execute(&shared, index, claim) => Some(written),
-                    () = shared.hard.cancelled() => None,
-                };
-                progress.in_flight.fetch_sub(1, Ordering::Relaxed);
-                if let Some(written) = written {
-                    let _ = tx.send(written).await;
-                }
-                drop(permit);
-            });
+        tokio::select! {
+            claim = handed.recv() => match claim {
+                Some(claim) => pending.push_back(claim),
+                None => return,
+            },
+            () = shared.wake[index].notified() => look = true,
+            () = tokio::time::sleep(shared.options.poll) => look = true,
+            () = shared.intake.cancelled() => return,
         }
     }
+}
+
+fn spawn_task(
+    shared: &Arc<Shared>,
+    index: usize,
+    claim: Claim,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    tx: &mpsc::Sender<Written>,
+    tracker: &TaskTracker,
+) {
+    let shared = shared.clone();
+    let tx = tx.clone();
+    tracker.spawn(async move {
+        let progress = &shared.progress.stages[index];
+        progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        let written = tokio::select! {
+            written = execute(&shared, index, claim) => Some(written),
+            () = shared.hard.cancelled() => None,
+        };
+        progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(written) = written {
+            let _ = tx.send(written).await;
+        }
+        drop(permit);
+    });
 }
 
 async fn execute(shared: &Shared, index: usize, claim: Claim) -> Written {
@@ -721,13 +780,25 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Written>) -> Result<
         }
         let steps: Vec<Step> = batch.iter().map(|w| w.step.clone()).collect();
         let mut attempt = 0;
+        let started = std::time::Instant::now();
         let outcome = loop {
+            let hand_off = (!shared.intake.is_cancelled()).then(|| HandOff {
+                owner: shared.owner.clone(),
+                lease: shared.options.lease,
+            });
             match shared
                 .store
-                .checkpoint(&shared.run, &shared.owner, &steps)
+                .checkpoint(&shared.run, &shared.owner, &steps, hand_off.as_ref())
                 .await
             {
-                Ok(outcome) => break outcome,
+                Ok(outcome) => {
+                    tracing::debug!(
+                        results = steps.len(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "checkpoint"
+                    );
+                    break outcome;
+                }
                 Err(error) if attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "checkpoint failed; retrying");
@@ -815,9 +886,23 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Written>) -> Result<
             drop(subs);
             shared.cache.remove(sample);
         }
-        for (i, wake) in woken.iter().enumerate() {
-            if *wake {
-                shared.wake[i].notify_one();
+        // What the checkpoint made ready is leased to us: hand it straight on.
+        let handed = outcome.leased.len();
+        for claim in outcome.leased {
+            if let Some(i) = shared
+                .pipeline
+                .stages
+                .iter()
+                .position(|s| s.id == claim.stage)
+            {
+                let _ = shared.handoff[i].send(claim);
+            }
+        }
+        if handed == 0 {
+            for (i, wake) in woken.iter().enumerate() {
+                if *wake {
+                    shared.wake[i].notify_one();
+                }
             }
         }
         if !outcome.decided.is_empty() {
@@ -1049,9 +1134,15 @@ impl Drawer {
                 cursor.0 += 1;
                 cursor.1 = 0;
                 let pass = cursor.0.to_string();
-                cursor.2 =
-                    source::permutation(n, source::derive_seed(&[seed, subcategory, "pass", &pass]));
-                tracing::info!(subcategory, pass = cursor.0, "the reference pool ran out; reusing references");
+                cursor.2 = source::permutation(
+                    n,
+                    source::derive_seed(&[seed, subcategory, "pass", &pass]),
+                );
+                tracing::info!(
+                    subcategory,
+                    pass = cursor.0,
+                    "the reference pool ran out; reusing references"
+                );
             }
             let reference = &self.pool.references[cursor.2[cursor.1]];
             cursor.1 += 1;

@@ -19,9 +19,7 @@ use std::path::{Path, PathBuf};
 
 use edir_config::{Operator, Pipeline};
 use edir_dataset::{Export, ExportImage};
-use edir_store::{
-    ArtifactStore, RunId, SampleRecord, SampleState, Store, TaskRecord, TaskState,
-};
+use edir_store::{ArtifactStore, RunId, SampleRecord, SampleState, Store, TaskRecord, TaskState};
 use serde_json::{Value, json};
 
 use crate::error::EngineError;
@@ -57,8 +55,7 @@ impl Roles {
                 .as_ref()
                 .and_then(|s| s.value.get("properties"))
                 .and_then(Value::as_object)
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_else(|| vec!["text".to_string()])
+                .map_or_else(|| vec!["text".to_string()], |p| p.keys().cloned().collect())
         };
         let chats = pipeline
             .stages
@@ -78,11 +75,10 @@ impl Roles {
                 .collect(),
             query: chats
                 .clone()
-                .filter(|s| {
+                .rfind(|s| {
                     let f = fields(s);
                     f.iter().any(|x| x == "query") || f.iter().any(|x| x == "text")
                 })
-                .last()
                 .map(|s| s.id.clone()),
             instruction: chats
                 .clone()
@@ -106,9 +102,11 @@ fn output<'a>(tasks: &'a [TaskRecord], stage: &str) -> Option<&'a TaskRecord> {
 
 fn field(task: Option<&TaskRecord>, names: &[&str]) -> Option<String> {
     let json: Value = serde_json::from_str(task?.output_json.as_deref()?).ok()?;
-    names
-        .iter()
-        .find_map(|n| json.get(*n).and_then(Value::as_str).map(ToString::to_string))
+    names.iter().find_map(|n| {
+        json.get(*n)
+            .and_then(Value::as_str)
+            .map(ToString::to_string)
+    })
 }
 
 /// A file-name-safe form of a reference name (path separators and odd characters to `-`).
@@ -184,7 +182,10 @@ pub async fn export(
         .collect();
     samples.sort_by_key(|s| {
         (
-            position.get(s.subcategory.as_str()).copied().unwrap_or(usize::MAX),
+            position
+                .get(s.subcategory.as_str())
+                .copied()
+                .unwrap_or(usize::MAX),
             s.subcategory.clone(),
             s.ordinal,
             s.generation,
@@ -197,15 +198,19 @@ pub async fn export(
     let mut rejected_preview: BTreeMap<String, Vec<(SampleRecord, Vec<TaskRecord>)>> =
         BTreeMap::new();
     let add_image = |name: &str, hash: &str, images: &mut BTreeMap<String, ExportImage>| {
-        images.entry(name.to_string()).or_insert_with(|| ExportImage {
-            name: name.to_string(),
-            source: artifacts.path(hash),
-            hash: hash.to_string(),
-        });
+        images
+            .entry(name.to_string())
+            .or_insert_with(|| ExportImage {
+                name: name.to_string(),
+                source: artifacts.path(hash),
+                hash: hash.to_string(),
+            });
     };
     for sample in samples {
         if sample.state != SampleState::Accepted {
-            let shown = rejected_preview.entry(sample.subcategory.clone()).or_default();
+            let shown = rejected_preview
+                .entry(sample.subcategory.clone())
+                .or_default();
             if matches!(sample.state, SampleState::Rejected | SampleState::Failed)
                 && shown.len() < PREVIEW_PER_SUBCATEGORY
             {
@@ -231,12 +236,7 @@ pub async fn export(
                     && t.output_artifact.is_some()
             })
             .collect();
-        negatives.sort_by_key(|t| {
-            (
-                roles.negatives.iter().position(|s| *s == t.stage),
-                t.item,
-            )
-        });
+        negatives.sort_by_key(|t| (roles.negatives.iter().position(|s| *s == t.stage), t.item));
         let group = (position
             .get(sample.subcategory.as_str())
             .copied()
@@ -366,7 +366,7 @@ async fn stats(
     let counts = store.sample_counts(run).await?;
     let reasons = store.reason_counts(run).await?;
     let mut subcategories = serde_json::Map::new();
-    for sub in pipeline.taxonomy.subcategories.iter() {
+    for sub in &pipeline.taxonomy.subcategories {
         let count = |state: SampleState| {
             counts
                 .iter()
@@ -493,8 +493,10 @@ fn card(pipeline: &Pipeline, stats: &Value) -> String {
     if let Some(stages) = stats["stages"].as_object() {
         for (id, s) in stages {
             let short = |v: &Value| {
-                v.as_str()
-                    .map_or_else(|| "-".to_string(), |h| format!("`{}`", &h[..h.len().min(12)]))
+                v.as_str().map_or_else(
+                    || "-".to_string(),
+                    |h| format!("`{}`", &h[..h.len().min(12)]),
+                )
             };
             let _ = writeln!(
                 text,

@@ -342,9 +342,12 @@ impl Operators {
                 ),
             ));
         }
-        let artifact = self
-            .artifacts
-            .put(&reply.image)
+        // Writing (and fsyncing) the file blocks: keep it off the async workers.
+        let artifacts = self.artifacts.clone();
+        let image = reply.image;
+        let artifact = tokio::task::spawn_blocking(move || artifacts.put(&image))
+            .await
+            .map_err(|e| TaskError::new("internal", e.to_string()))?
             .map_err(|e| TaskError::new("artifact", e.to_string()))?;
         let mut json = json!({"image": artifact});
         if let Some(item) = item {
@@ -516,7 +519,10 @@ mod tests {
         assert!((image_distance(&black, &white) - 1.0).abs() < 1e-12);
         let mut noisy = black.clone();
         noisy.put_pixel(0, 0, image::Rgb([10, 10, 10]));
-        assert!(image_distance(&black, &noisy).abs() < 1e-12, "noise is no change");
+        assert!(
+            image_distance(&black, &noisy).abs() < 1e-12,
+            "noise is no change"
+        );
         let mut one = black.clone();
         for x in 0..4 {
             one.put_pixel(x, 0, image::Rgb([200, 0, 0]));

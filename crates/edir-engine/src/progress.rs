@@ -127,6 +127,9 @@ impl SubcategoryProgress {
     }
 }
 
+/// A per-stage counter of the metrics page: name, help, how to read it.
+type Counter = (&'static str, &'static str, fn(&StageProgress) -> u64);
+
 /// A run's live counters.
 #[derive(Debug)]
 pub struct Progress {
@@ -188,16 +191,20 @@ impl Progress {
     pub fn prometheus(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let counters: [(&str, &str, fn(&StageProgress) -> u64); 4] = [
-            ("edir_tasks_done_total", "tasks finished with an output", |s| {
-                s.done.load(Ordering::Relaxed)
-            }),
+        let counters: [Counter; 4] = [
+            (
+                "edir_tasks_done_total",
+                "tasks finished with an output",
+                |s| s.done.load(Ordering::Relaxed),
+            ),
             ("edir_tasks_skipped_total", "tasks skipped", |s| {
                 s.skipped.load(Ordering::Relaxed)
             }),
-            ("edir_samples_rejected_total", "samples rejected by this stage", |s| {
-                s.rejected.load(Ordering::Relaxed)
-            }),
+            (
+                "edir_samples_rejected_total",
+                "samples rejected by this stage",
+                |s| s.rejected.load(Ordering::Relaxed),
+            ),
             ("edir_tasks_in_flight", "tasks running now", |s| {
                 u64::try_from(s.in_flight.load(Ordering::Relaxed)).unwrap_or(0)
             }),

@@ -145,14 +145,13 @@ fn read_manifest(path: &Path) -> Result<Vec<Reference>, EngineError> {
         if line.trim().is_empty() {
             continue;
         }
-        let entry: ManifestLine =
-            serde_json::from_str(line).map_err(|e| EngineError::Source {
-                path: path.to_path_buf(),
-                message: format!(
-                    "line {}: expected {{\"image\": PATH, \"id\": NAME?}}: {e}",
-                    index + 1
-                ),
-            })?;
+        let entry: ManifestLine = serde_json::from_str(line).map_err(|e| EngineError::Source {
+            path: path.to_path_buf(),
+            message: format!(
+                "line {}: expected {{\"image\": PATH, \"id\": NAME?}}: {e}",
+                index + 1
+            ),
+        })?;
         let name = entry.id.unwrap_or_else(|| entry.image.clone());
         if !names.insert(name.clone()) {
             return Err(EngineError::Source {
@@ -261,7 +260,7 @@ pub fn extension_of(bytes: &[u8]) -> &'static str {
     }
 }
 
-/// A seeded permutation of `0..n` (Fisher-Yates with SplitMix64).
+/// A seeded permutation of `0..n` (Fisher-Yates with `SplitMix64`).
 #[must_use]
 pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();

@@ -24,6 +24,10 @@ struct State {
     last_decrease: Option<Instant>,
     /// The servers report a growing queue: do not increase.
     queue_pressure: bool,
+    /// Until the first sign of overload the limit grows by one per success while at least
+    /// half of it is in use (doubling per round trip, like TCP's slow start), so a fast server
+    /// is used fully within seconds instead of after tens of thousands of calls.
+    slow_start: bool,
 }
 
 /// The limit.
@@ -49,6 +53,7 @@ impl AdaptiveLimit {
                 in_flight: 0,
                 last_decrease: None,
                 queue_pressure: false,
+                slow_start: true,
             }),
             notify: Notify::new(),
             min,
@@ -109,7 +114,14 @@ impl AdaptiveLimit {
         #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let max = self.max as f64;
         if !state.queue_pressure && state.limit < max {
-            state.limit = (state.limit + 1.0 / state.limit.max(1.0)).min(max);
+            #[expect(clippy::cast_precision_loss, reason = "small counts")]
+            let full = state.in_flight as f64 * 2.0 >= state.limit.floor();
+            let step = if state.slow_start && full {
+                1.0
+            } else {
+                1.0 / state.limit.max(1.0)
+            };
+            state.limit = (state.limit + step).min(max);
             drop(state);
             self.notify.notify_one();
         }
@@ -130,6 +142,7 @@ impl AdaptiveLimit {
             return;
         }
         state.last_decrease = Some(now);
+        state.slow_start = false;
         #[expect(clippy::cast_precision_loss, reason = "small counts")]
         let min = self.min as f64;
         state.limit = (state.limit * factor).max(min);
@@ -181,6 +194,45 @@ mod tests {
             tokio::time::advance(COOL_DOWN).await;
         }
         assert_eq!(limit.limit(), 2, "never below the floor");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_doubles_a_full_window_until_the_first_overload() {
+        let limit = AdaptiveLimit::new(1, 256, 8);
+        // Eight requests in flight, each success while the window is full adds one.
+        let mut permits = Vec::new();
+        for _ in 0..8 {
+            permits.push(limit.acquire().await);
+        }
+        for _ in 0..8 {
+            limit.on_success();
+        }
+        assert_eq!(
+            limit.limit(),
+            16,
+            "one round trip of a full window doubles it"
+        );
+        drop(permits);
+        limit.on_success();
+        assert_eq!(
+            limit.limit(),
+            16,
+            "an idle window does not grow in slow start"
+        );
+        limit.on_overload();
+        assert_eq!(limit.limit(), 11);
+        let mut permits = Vec::new();
+        for _ in 0..11 {
+            permits.push(limit.acquire().await);
+        }
+        for _ in 0..11 {
+            limit.on_success();
+        }
+        assert_eq!(
+            limit.limit(),
+            12,
+            "after an overload: additive increase only"
+        );
     }
 
     #[tokio::test(start_paused = true)]

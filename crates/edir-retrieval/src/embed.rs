@@ -54,13 +54,14 @@ struct Item {
 }
 
 fn mime(path: &str) -> &'static str {
-    let lower = path.to_ascii_lowercase();
-    if lower.ends_with(".jpg") || lower.ends_with(".jpeg") {
-        "image/jpeg"
-    } else if lower.ends_with(".webp") {
-        "image/webp"
-    } else {
-        "image/png"
+    let extension = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        _ => "image/png",
     }
 }
 
@@ -78,10 +79,12 @@ pub async fn embed_benchmark(
 ) -> Result<(Matrix, Matrix), EmbedError> {
     let read = |name: &str| -> Result<Arc<Vec<u8>>, EmbedError> {
         let path = bench.images.join(name);
-        fs_err::read(&path).map(Arc::new).map_err(|e| EmbedError::Image {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
+        fs_err::read(&path)
+            .map(Arc::new)
+            .map_err(|e| EmbedError::Image {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
     };
     let mut queries = Vec::with_capacity(bench.queries.len());
     for q in &bench.queries {
@@ -127,10 +130,17 @@ async fn embed_items(
     let instruction_key = blake3::hash(instruction.as_bytes()).to_hex().to_string();
     let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
     let mut found: HashMap<String, Vec<f32>> = match store {
-        Some(store) => store.get_embeddings(&model, &instruction_key, &keys).await?,
+        Some(store) => {
+            store
+                .get_embeddings(&model, &instruction_key, &keys)
+                .await?
+        }
         None => HashMap::new(),
     };
-    let missing: Vec<&Item> = items.iter().filter(|i| !found.contains_key(&i.key)).collect();
+    let missing: Vec<&Item> = items
+        .iter()
+        .filter(|i| !found.contains_key(&i.key))
+        .collect();
     let batches = missing.chunks(BATCH).map(|chunk| async move {
         let inputs: Vec<EmbedInput> = chunk
             .iter()
@@ -153,7 +163,9 @@ async fn embed_items(
     while let Some(result) = stream.next().await {
         let pairs = result?;
         if let Some(store) = store {
-            store.put_embeddings(&model, &instruction_key, &pairs).await?;
+            store
+                .put_embeddings(&model, &instruction_key, &pairs)
+                .await?;
         }
         found.extend(pairs);
     }

@@ -8,7 +8,7 @@ use sqlx::{Any, Transaction};
 
 use crate::StoreError;
 use crate::error::query;
-use crate::model::{Completion, Failure, RunId, SampleId, SampleState, TaskId};
+use crate::model::{Claim, Completion, Failure, RunId, SampleId, SampleState, TaskId};
 use crate::store::{EventRow, Store, get, insert_event};
 
 /// What a written result means for its sample.
@@ -63,13 +63,27 @@ pub struct CheckpointOutcome {
     pub lost: Vec<TaskId>,
     /// Samples decided by this checkpoint, with their new state.
     pub decided: Vec<(SampleId, SampleState)>,
+    /// Tasks this checkpoint made ready and leased to the caller (see [`Store::checkpoint`]).
+    pub leased: Vec<Claim>,
+}
+
+/// Lease what a checkpoint makes ready to this owner, for this long.
+#[derive(Debug, Clone)]
+pub struct HandOff {
+    /// The lease holder.
+    pub owner: String,
+    /// The lease.
+    pub lease: std::time::Duration,
 }
 
 const UNFINISHED: &str =
     "SELECT COUNT(*) AS n FROM tasks WHERE sample_id = $1 AND state NOT IN ('done', 'skipped')";
 
 impl Store {
-    /// Writes a batch of results and the decisions they imply in one transaction.
+    /// Writes a batch of results and the decisions they imply in one transaction. With
+    /// `hand_off`, the tasks the batch made ready are leased to its owner in the same
+    /// transaction and returned, so a worker hands finished work straight on to the next
+    /// stage without a claim per stage (the engine's in-process channels).
     ///
     /// # Errors
     /// [`StoreError::Query`] when a statement fails (then nothing is written).
@@ -78,24 +92,37 @@ impl Store {
         run: &RunId,
         actor: &str,
         steps: &[Step],
+        hand_off: Option<&HandOff>,
     ) -> Result<CheckpointOutcome, StoreError> {
         const OP: &str = "checkpoint";
         let now = self.now();
         let mut tx = self.write(OP).await?;
         let mut outcome = CheckpointOutcome::default();
+        // All completions in a few multi-row statements, then the failures, then what they
+        // mean for their samples (every accept check sees the whole batch written).
+        let completions: Vec<&Completion> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Complete { completion, .. } => Some(completion),
+                Step::Fail { .. } => None,
+            })
+            .collect();
+        let written = crate::tasks::complete_many(&mut tx, &completions, now).await?;
+        let mut completed = Vec::with_capacity(completions.len());
         for step in steps {
-            let (written, sample, stage, then) = match step {
+            let (ok, task, sample, stage, then) = match step {
                 Step::Complete {
                     completion,
                     sample,
                     stage,
                     then,
-                } => (
-                    crate::tasks::complete_in(&mut tx, completion, now).await?,
-                    sample,
-                    stage,
-                    then,
-                ),
+                } => {
+                    let ok = written.contains(&completion.task);
+                    if ok {
+                        completed.push(completion.task);
+                    }
+                    (ok, completion.task, sample, stage, then)
+                }
                 Step::Fail {
                     failure,
                     sample,
@@ -103,16 +130,14 @@ impl Store {
                     then,
                 } => (
                     crate::tasks::fail_in(&mut tx, failure, now).await?,
+                    failure.task,
                     sample,
                     stage,
                     then,
                 ),
             };
-            if !written {
-                outcome.lost.push(match step {
-                    Step::Complete { completion, .. } => completion.task,
-                    Step::Fail { failure, .. } => failure.task,
-                });
+            if !ok {
+                outcome.lost.push(task);
                 continue;
             }
             outcome.written += 1;
@@ -130,11 +155,25 @@ impl Store {
                 }
             };
             if let Some((state, reason)) = decision
-                && decide_in(&mut tx, &run.0, sample, state, Some(stage), reason, actor, now)
-                    .await?
+                && decide_in(
+                    &mut tx,
+                    &run.0,
+                    sample,
+                    state,
+                    Some(stage),
+                    reason,
+                    actor,
+                    now,
+                )
+                .await?
             {
                 outcome.decided.push((sample.clone(), state));
             }
+        }
+        crate::tasks::ready_dependents(&mut tx, &completed, now).await?;
+        if let Some(hand_off) = hand_off {
+            outcome.leased =
+                crate::tasks::lease_dependents(&mut tx, &completed, hand_off, now).await?;
         }
         tx.commit().await.map_err(query(OP))?;
         Ok(outcome)

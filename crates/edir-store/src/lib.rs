@@ -15,7 +15,7 @@ mod tasks;
 mod url;
 
 pub use artifact::{ArtifactHash, ArtifactStore};
-pub use checkpoint::{CheckpointOutcome, Step, Then};
+pub use checkpoint::{CheckpointOutcome, HandOff, Step, Then};
 pub use clock::Clock;
 pub use error::StoreError;
 pub use model::{

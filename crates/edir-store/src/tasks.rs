@@ -24,7 +24,7 @@ UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, atte
 WHERE id IN ( \
     SELECT id FROM tasks \
     WHERE run_id = $4 AND stage = $5 \
-      AND ((state = 'ready' AND not_before <= $3) OR (state = 'leased' AND lease_expires_at < $3)) \
+      AND state = 'ready' AND not_before <= $3 \
     ORDER BY id LIMIT $6) \
 RETURNING id, sample_id, stage, item, attempts";
 
@@ -33,7 +33,7 @@ UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, atte
 WHERE id IN ( \
     SELECT id FROM tasks \
     WHERE run_id = $4 AND stage = $5 \
-      AND ((state = 'ready' AND not_before <= $3) OR (state = 'leased' AND lease_expires_at < $3)) \
+      AND state = 'ready' AND not_before <= $3 \
     ORDER BY id LIMIT $6 \
     FOR UPDATE SKIP LOCKED) \
 RETURNING id, sample_id, stage, item, attempts";
@@ -46,12 +46,6 @@ UPDATE tasks SET state = $1, output_json = $2, output_artifact = $3, cache_key =
     updated_at = $9, finished_at = $9 \
 WHERE id = $10 AND state = 'leased' AND lease_owner = $11 AND attempts = $12 AND lease_expires_at >= $9";
 
-const READY_DEPENDENTS: &str = "\
-UPDATE tasks SET deps_pending = deps_pending - 1, \
-    state = CASE WHEN deps_pending = 1 AND state = 'blocked' THEN 'ready' ELSE state END, \
-    updated_at = $2 \
-WHERE id IN (SELECT task_id FROM task_deps WHERE dep_id = $1)";
-
 const FAIL: &str = "\
 UPDATE tasks SET state = $1, not_before = $2, error_class = $3, error_message = $4, \
     lease_owner = NULL, lease_expires_at = NULL, updated_at = $5, finished_at = $6 \
@@ -61,8 +55,11 @@ WHERE id = $7 AND state = 'leased' AND lease_owner = $8 AND attempts = $9 AND le
 const MAX_ERROR_MESSAGE: usize = 2_000;
 
 impl Store {
-    /// Claims up to `limit` claimable tasks of `stage` (ready and due, or leased with an expired
-    /// lease), oldest first, leasing them to `owner` for `lease`.
+    /// Claims up to `limit` ready and due tasks of `stage`, oldest first, leasing them to
+    /// `owner` for `lease`. The walk follows the `(run, stage, state, id)` index, so a claim
+    /// costs the same after a million finished tasks; tasks whose lease expired become
+    /// claimable once [`Store::reclaim_expired`] puts them back to `ready` (the engine calls
+    /// it at start and every few seconds).
     ///
     /// # Errors
     /// [`StoreError::Query`] when the statement fails.
@@ -141,13 +138,16 @@ impl Store {
         let now = self.now();
         let mut tx = self.write(OP).await?;
         let mut outcome = BatchOutcome::default();
+        let mut written = Vec::with_capacity(completions.len());
         for c in completions {
             if complete_in(&mut tx, c, now).await? {
                 outcome.written += 1;
+                written.push(c.task);
             } else {
                 outcome.lost.push(c.task);
             }
         }
+        ready_dependents(&mut tx, &written, now).await?;
         tx.commit().await.map_err(query(OP))?;
         Ok(outcome)
     }
@@ -188,8 +188,8 @@ impl Store {
         }
     }
 
-    /// Returns tasks whose lease expired to `ready`, so they are visible as such in `status`
-    /// (claims take expired leases anyway). Returns how many.
+    /// Returns tasks whose lease expired to `ready`, where claims find them, and returns how
+    /// many.
     ///
     /// # Errors
     /// [`StoreError::Query`] when a statement fails.
@@ -263,8 +263,9 @@ impl Store {
     }
 }
 
-/// Writes one completion inside a transaction and readies its dependents; `false` when the
-/// lease was lost (nothing written).
+/// Writes one completion inside a transaction; `false` when the lease was lost (nothing
+/// written). The caller readies the dependents of all written tasks at once with
+/// [`ready_dependents`], in the same transaction.
 pub(crate) async fn complete_in(
     tx: &mut Transaction<'static, Any>,
     c: &Completion,
@@ -292,9 +293,6 @@ pub(crate) async fn complete_in(
         .await
         .map_err(query(OP))?
         .rows_affected();
-    if written == 1 {
-        ready_dependents(tx, c.task, now).await?;
-    }
     Ok(written == 1)
 }
 
@@ -354,18 +352,181 @@ pub(crate) async fn fail_in(
     Ok(true)
 }
 
-async fn ready_dependents(
+/// Completions per multi-row `complete_many` statement (11 parameters each; see
+/// `ROWS_PER_INSERT` in samples.rs for why statements stay small).
+const COMPLETE_CHUNK: usize = 16;
+
+/// Writes many completions with one statement per 16, fenced like [`complete_in`]; returns
+/// the tasks written (the others lost their lease).
+pub(crate) async fn complete_many(
     tx: &mut Transaction<'static, Any>,
-    task: TaskId,
+    completions: &[&Completion],
+    now: i64,
+) -> Result<std::collections::HashSet<TaskId>, StoreError> {
+    const OP: &str = "complete tasks";
+    let mut written = std::collections::HashSet::new();
+    for chunk in completions.chunks(COMPLETE_CHUNK) {
+        let row = "(CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), \
+                   CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT))";
+        let mut values = String::new();
+        let mut n = 1; // $1 is now
+        for i in 0..chunk.len() {
+            if i > 0 {
+                values.push_str(", ");
+            }
+            for c in row.chars() {
+                if c == '?' {
+                    n += 1;
+                    values.push('$');
+                    values.push_str(&n.to_string());
+                } else {
+                    values.push(c);
+                }
+            }
+        }
+        let sql = format!(
+            "UPDATE tasks SET state = v.column4, output_json = v.column5, output_artifact = v.column6, \
+                cache_key = COALESCE(v.column7, tasks.cache_key), endpoint = v.column8, latency_ms = v.column9, \
+                prompt_tokens = v.column10, completion_tokens = v.column11, \
+                lease_owner = NULL, lease_expires_at = NULL, error_class = NULL, error_message = NULL, \
+                updated_at = $1, finished_at = $1 \
+             FROM (VALUES {values}) AS v \
+             WHERE tasks.id = v.column1 AND tasks.state = 'leased' AND tasks.lease_owner = v.column2 \
+               AND tasks.attempts = v.column3 AND tasks.lease_expires_at >= $1 \
+             RETURNING tasks.id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now);
+        for c in chunk {
+            let state = match c.outcome {
+                Outcome::Done => TaskState::Done,
+                Outcome::Skipped => TaskState::Skipped,
+            };
+            q = q
+                .bind(c.task.0)
+                .bind(c.owner.as_str())
+                .bind(c.attempt)
+                .bind(state.as_str())
+                .bind(c.output_json.as_deref())
+                .bind(c.output_artifact.as_deref())
+                .bind(c.cache_key.as_deref())
+                .bind(c.endpoint.as_deref())
+                .bind(c.latency_ms)
+                .bind(c.prompt_tokens)
+                .bind(c.completion_tokens);
+        }
+        for row in q.fetch_all(&mut **tx).await.map_err(query(OP))? {
+            written.insert(TaskId(get(&row, "id", OP)?));
+        }
+    }
+    Ok(written)
+}
+
+/// Tasks per `ready_dependents` statement (their ids are inlined as integer literals).
+const READY_CHUNK: usize = 500;
+
+/// Decrements the pending count of every dependent of `tasks` (once per finished dependency)
+/// and readies those with none left: one statement per 500 finished tasks.
+pub(crate) async fn ready_dependents(
+    tx: &mut Transaction<'static, Any>,
+    tasks: &[TaskId],
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(READY_DEPENDENTS)
-        .bind(task.0)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(query("ready dependents"))?;
+    for chunk in tasks.chunks(READY_CHUNK) {
+        // Integers we formatted ourselves: no injection is possible.
+        let ids = chunk
+            .iter()
+            .map(|t| t.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // One aggregate over the edges, joined once: cost linear in the batch.
+        let sql = format!(
+            "UPDATE tasks SET \
+                state = CASE WHEN tasks.state = 'blocked' AND tasks.deps_pending - c.n <= 0 THEN 'ready' ELSE tasks.state END, \
+                deps_pending = tasks.deps_pending - c.n, updated_at = $1 \
+             FROM (SELECT task_id, COUNT(*) AS n FROM task_deps WHERE dep_id IN ({ids}) GROUP BY task_id) AS c \
+             WHERE tasks.id = c.task_id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(query("ready dependents"))?;
+    }
     Ok(())
+}
+
+/// Leases the ready dependents of `tasks` to the hand-off's owner; returns the claims.
+pub(crate) async fn lease_dependents(
+    tx: &mut Transaction<'static, Any>,
+    tasks: &[TaskId],
+    hand_off: &crate::checkpoint::HandOff,
+    now: i64,
+) -> Result<Vec<Claim>, StoreError> {
+    const OP: &str = "hand off tasks";
+    let expires = now.saturating_add(i64::try_from(hand_off.lease.as_millis()).unwrap_or(i64::MAX));
+    let mut claims = Vec::new();
+    for chunk in tasks.chunks(READY_CHUNK) {
+        // Integers we formatted ourselves: no injection is possible.
+        let ids = chunk
+            .iter()
+            .map(|t| t.0.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
+             WHERE state = 'ready' AND not_before <= $3 AND id IN (SELECT task_id FROM task_deps WHERE dep_id IN ({ids})) \
+             RETURNING id, sample_id, stage, item, attempts"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(&hand_off.owner)
+            .bind(expires)
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query(OP))?;
+        for row in &rows {
+            claims.push(Claim {
+                id: TaskId(get(row, "id", OP)?),
+                sample: SampleId(get(row, "sample_id", OP)?),
+                stage: get(row, "stage", OP)?,
+                item: get(row, "item", OP)?,
+                attempt: get(row, "attempts", OP)?,
+                owner: hand_off.owner.clone(),
+                lease_expires_at: expires,
+            });
+        }
+    }
+    claims.sort_by_key(|c| c.id);
+    Ok(claims)
+}
+
+impl Store {
+    /// Releases `owner`'s remaining leases in `run` (claimed, never started): back to `ready`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`] when the statement fails.
+    pub async fn release_leases(&self, run: &RunId, owner: &str) -> Result<u64, StoreError> {
+        const OP: &str = "release leases";
+        let now = self.now();
+        let mut tx = self.write(OP).await?;
+        let released = sqlx::query(
+            "UPDATE tasks SET state = 'ready', lease_owner = NULL, lease_expires_at = NULL, updated_at = $3 \
+             WHERE run_id = $1 AND lease_owner = $2 AND state = 'leased'",
+        )
+        .bind(&run.0)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(query(OP))?
+        .rows_affected();
+        tx.commit().await.map_err(query(OP))?;
+        Ok(released)
+    }
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -136,7 +136,12 @@ pub(crate) struct RunArgs {
     #[arg(long, requires = "sim")]
     pub(crate) sim_config: Option<PathBuf>,
     /// With `--sim` and no source folder: sizes (longer side, pixels) of the generated scenes.
-    #[arg(long, requires = "sim", value_delimiter = ',', default_value = "256,320,384")]
+    #[arg(
+        long,
+        requires = "sim",
+        value_delimiter = ',',
+        default_value = "256,320,384"
+    )]
     pub(crate) sim_sizes: Vec<u32>,
     /// Reference images: a folder or a JSONL manifest (overrides the pipeline's source).
     #[arg(long)]

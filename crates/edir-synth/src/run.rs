@@ -19,6 +19,12 @@ use crate::cli::RunArgs;
 use crate::output;
 use crate::{EXIT_ERROR, EXIT_FAILED_SAMPLES, EXIT_INTERRUPTED, EXIT_OK};
 
+/// Request timeout under `--sim`, seconds.
+const SIM_TIMEOUT_S: f64 = 30.0;
+
+/// Reads an environment variable (or what stands in for one under `--sim`).
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// The work directory and store of a pipeline, with command-line overrides.
 pub(crate) fn locate(
     pipeline: &Pipeline,
@@ -38,9 +44,9 @@ pub(crate) fn compile(path: &Path, quiet_source: bool) -> Option<Pipeline> {
     let mut compiled = edir_config::compile_file(path);
     if quiet_source {
         // `--sim` or `--source` replace the pipeline's source: its absence is no news.
-        compiled.diagnostics.retain(|d| {
-            d.severity == Severity::Error || !d.message.starts_with("source ")
-        });
+        compiled
+            .diagnostics
+            .retain(|d| d.severity == Severity::Error || !d.message.starts_with("source "));
     }
     if !compiled.diagnostics.is_empty() {
         output::stderr(&compiled.render());
@@ -49,9 +55,16 @@ pub(crate) fn compile(path: &Path, quiet_source: bool) -> Option<Pipeline> {
 }
 
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let Some(pipeline) = compile(&args.pipeline, args.sim || args.source.is_some()) else {
+    let Some(mut pipeline) = compile(&args.pipeline, args.sim || args.source.is_some()) else {
         return Ok(EXIT_ERROR);
     };
+    if args.sim {
+        // The simulator answers in milliseconds (seconds with `--sim-config`): a request it
+        // holds as a `hang` fault should not stall the run for the pipeline's GPU timeouts.
+        for endpoint in pipeline.endpoints.values_mut() {
+            endpoint.timeout_s = endpoint.timeout_s.min(SIM_TIMEOUT_S);
+        }
+    }
     if let Some(rate) = args.sim_faults {
         anyhow::ensure!(
             (0.0..=1.0).contains(&rate),
@@ -59,8 +72,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
         );
     }
     let (workdir, url) = locate(&pipeline, args.workdir.as_deref(), args.store.as_deref())?;
-    fs_err::create_dir_all(workdir.join("logs"))
-        .context("cannot create the work directory")?;
+    fs_err::create_dir_all(workdir.join("logs")).context("cannot create the work directory")?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -82,29 +94,28 @@ async fn run_async(
     let store = Store::open(&url).await?;
     let artifacts = ArtifactStore::open(workdir.join("artifacts"))?;
     let mut source = args.source.clone();
-    let (sim, lookup): (Option<SimServer>, Box<dyn Fn(&str) -> Option<String> + Send + Sync>) =
-        if args.sim {
-            let server = start_sim(&pipeline, &args).await?;
-            let base = server.base_url();
-            let vars: Vec<String> = pipeline
-                .endpoints
-                .values()
-                .map(|e| e.url_env.clone())
-                .collect();
-            if source.is_none() && !source_exists(&pipeline) {
-                source = Some(sim_scenes(&pipeline, &args, &workdir)?);
+    let (sim, lookup): (Option<SimServer>, Box<Lookup>) = if args.sim {
+        let server = start_sim(&pipeline, &args).await?;
+        let base = server.base_url();
+        let vars: Vec<String> = pipeline
+            .endpoints
+            .values()
+            .map(|e| e.url_env.clone())
+            .collect();
+        if source.is_none() && !source_exists(&pipeline) {
+            source = Some(sim_scenes(&pipeline, &args, &workdir)?);
+        }
+        let lookup = move |var: &str| {
+            if vars.iter().any(|v| v == var) {
+                Some(base.clone())
+            } else {
+                std::env::var(var).ok()
             }
-            let lookup = move |var: &str| {
-                if vars.iter().any(|v| v == var) {
-                    Some(base.clone())
-                } else {
-                    std::env::var(var).ok()
-                }
-            };
-            (Some(server), Box::new(lookup))
-        } else {
-            (None, Box::new(|var: &str| std::env::var(var).ok()))
         };
+        (Some(server), Box::new(lookup))
+    } else {
+        (None, Box::new(|var: &str| std::env::var(var).ok()))
+    };
     let endpoints = edir_engine::connect(&pipeline, &*lookup)
         .await
         .context("cannot start the run")?;
@@ -176,7 +187,15 @@ async fn run_async(
                 models.push("sim/embed-image".into());
                 models.push("sim/embed-compose".into());
             }
-            score(&pipeline, &store, &out, &workdir.join("report"), &models, &*lookup).await?;
+            score(
+                &pipeline,
+                &store,
+                &out,
+                &workdir.join("report"),
+                &models,
+                &*lookup,
+            )
+            .await?;
         }
     }
     for monitor in monitors {
@@ -237,6 +256,10 @@ async fn start_sim(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<SimSer
     }
     if let Some(rate) = args.sim_faults {
         config = config.with_faults(rate);
+        for model in &mut config.models {
+            // Past the client's timeout, not ten minutes past it.
+            model.faults.hang_s = 40;
+        }
     }
     config.seed = pipeline.seed;
     let server = SimServer::start(config, "127.0.0.1:0".parse()?)
@@ -259,8 +282,7 @@ fn sim_scenes(pipeline: &Pipeline, args: &RunArgs, workdir: &Path) -> anyhow::Re
         clippy::cast_sign_loss,
         reason = "small positive counts"
     )]
-    let count =
-        ((f64::from(quota) * pipeline.quota.overgenerate.max(1.0)).ceil() as usize).max(32);
+    let count = ((f64::from(quota) * pipeline.quota.overgenerate.max(1.0)).ceil() as usize).max(32);
     let sizes: Vec<String> = args.sim_sizes.iter().map(ToString::to_string).collect();
     let dir = workdir.join(format!("sim-scenes-{}-{}", count, sizes.join("_")));
     let complete = dir.join(".complete");
@@ -467,8 +489,8 @@ async fn score(
     if models.is_empty() {
         return Ok(());
     }
-    let bench = edir_dataset::Benchmark::read(bench_dir, None, true)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bench =
+        edir_dataset::Benchmark::read(bench_dir, None, true).map_err(|e| anyhow::anyhow!("{e}"))?;
     if bench.queries.is_empty() {
         return Ok(());
     }

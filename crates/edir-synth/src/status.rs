@@ -71,7 +71,10 @@ async fn pick_run(store: &Store, name: Option<&str>) -> anyhow::Result<Run> {
             1 => Ok(runs.into_iter().next().expect("one run")),
             _ => anyhow::bail!(
                 "the store holds several runs ({}); give `--run NAME`",
-                runs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                runs.iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
     }
@@ -198,7 +201,8 @@ pub(crate) async fn report(store: &Store, run: &Run) -> anyhow::Result<Value> {
             latency as f64 / calls.max(1) as f64,
         );
         #[expect(clippy::cast_precision_loss, reason = "rates for display")]
-        let throughput = calls as f64 / span_s;
+        let (throughput, tokens_per_s) =
+            (calls as f64 / span_s, (prompt + completion) as f64 / span_s);
         let info = &settings["endpoints"][&name];
         let gpu_seconds = info["gpus"].as_f64().map(|g| g * span_s);
         let usd = gpu_seconds.and_then(|s| info["gpu_hour_usd"].as_f64().map(|p| s / 3600.0 * p));
@@ -216,7 +220,7 @@ pub(crate) async fn report(store: &Store, run: &Run) -> anyhow::Result<Value> {
                 "completion_tokens": completion,
                 "mean_latency_ms": (mean_ms * 10.0).round() / 10.0,
                 "calls_per_s": (throughput * 100.0).round() / 100.0,
-                "tokens_per_s": (((prompt + completion) as f64 / span_s) * 10.0).round() / 10.0,
+                "tokens_per_s": (tokens_per_s * 10.0).round() / 10.0,
                 "gpu_seconds": gpu_seconds,
                 "usd": usd,
                 "per_accepted": {"gpu_seconds": per(gpu_seconds), "usd": per(usd)},
@@ -268,7 +272,10 @@ fn render(report: &Value) -> String {
             s["failed"].to_string()
         );
     }
-    let _ = writeln!(text, "\ntasks per stage (done / in flight / pending / failed / skipped):");
+    let _ = writeln!(
+        text,
+        "\ntasks per stage (done / in flight / pending / failed / skipped):"
+    );
     let mut stages: BTreeMap<String, [i64; 5]> = BTreeMap::new();
     for s in subs.values() {
         for (stage, counts) in s["stages"].as_object().unwrap_or(&empty) {

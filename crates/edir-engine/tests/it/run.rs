@@ -152,7 +152,11 @@ async fn run(
 async fn check_invariants(store: &Store, summary: &RunSummary) {
     let samples = store.samples(&summary.run, None).await.unwrap();
     for sample in &samples {
-        assert_ne!(sample.state, SampleState::Active, "a finished run leaves no active sample");
+        assert_ne!(
+            sample.state,
+            SampleState::Active,
+            "a finished run leaves no active sample"
+        );
         if sample.state == SampleState::Accepted {
             let tasks = store.tasks_of_sample(&sample.id).await.unwrap();
             assert!(
@@ -162,7 +166,11 @@ async fn check_invariants(store: &Store, summary: &RunSummary) {
                 "accepted sample {} has unfinished tasks",
                 sample.id
             );
-            assert!(tasks.iter().any(|t| t.stage == "judge_query" && t.state == TaskState::Done));
+            assert!(
+                tasks
+                    .iter()
+                    .any(|t| t.stage == "judge_query" && t.state == TaskState::Done)
+            );
         }
     }
 }
@@ -176,7 +184,11 @@ fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 todo.push(path);
             } else {
-                let rel = path.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
                 files.insert(rel, fs_err::read(&path).unwrap());
             }
         }
@@ -212,13 +224,20 @@ async fn end_to_end(h: Harness) {
     assert!(per_label.values().all(|n| *n == 3));
     for instance in &bench.instances {
         assert_eq!(instance.pos.len(), 1);
-        assert!(!instance.neg.is_empty(), "hard negatives for {}", instance.qid);
+        assert!(
+            !instance.neg.is_empty(),
+            "hard negatives for {}",
+            instance.qid
+        );
     }
     for file in ["taxonomy.json", "stats.json", "README.md", "preview.html"] {
         assert!(out.join(file).is_file(), "{file} is written");
     }
     let html = fs_err::read_to_string(out.join("preview.html")).unwrap();
-    assert!(!html.contains("http://") && !html.contains("https://"), "no external assets");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
 
     // The same store exports the same bytes, into a fresh folder or over the old one.
     let again = h.dir.path().join("export-again");
@@ -269,18 +288,31 @@ async fn every_subcategory_end_to_end_on_postgres() {
 async fn faults_and_rejections(h: Harness) {
     let pipeline = Arc::new(pipeline());
     let source = h.scenes(60);
-    let only = ["attribute.color", "object.remove", "relationship.action", "complex.complex"];
+    let only = [
+        "attribute.color",
+        "object.remove",
+        "relationship.action",
+        "complex.complex",
+    ];
     let summary = run(&h, &pipeline, &source, 4, 0.1, &only).await;
     assert_eq!(summary.subcategories.len(), 4);
     for sub in &summary.subcategories {
-        assert_eq!(sub.accepted, 4, "{}: quota met exactly despite faults", sub.id);
+        assert_eq!(
+            sub.accepted, 4,
+            "{}: quota met exactly despite faults",
+            sub.id
+        );
     }
     let rejected: u64 = summary.subcategories.iter().map(|s| s.rejected).sum();
     assert!(rejected > 0, "the judges and filters rejected some samples");
     check_invariants(&h.store, &summary).await;
     // Rejections keep their reason and stage.
     let reasons = h.store.reason_counts(&summary.run).await.unwrap();
-    assert!(reasons.iter().all(|r| !r.reason.is_empty() && !r.stage.is_empty()));
+    assert!(
+        reasons
+            .iter()
+            .all(|r| !r.reason.is_empty() && !r.stage.is_empty())
+    );
     h.finish().await;
 }
 
@@ -301,7 +333,11 @@ async fn a_corrupt_reference_is_skipped_and_reported() {
     let h = Harness::sqlite().await;
     let pipeline = Arc::new(pipeline());
     let source = h.scenes(3);
-    fs_err::write(source.join("broken.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR truncated").unwrap();
+    fs_err::write(
+        source.join("broken.png"),
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR truncated",
+    )
+    .unwrap();
     fs_err::write(source.join("empty.jpg"), b"").unwrap();
     let summary = run(&h, &pipeline, &source, 2, 0.0, &["global.style"]).await;
     assert_eq!(summary.subcategories[0].accepted, 2);
@@ -313,7 +349,11 @@ async fn a_corrupt_reference_is_skipped_and_reported() {
         .unwrap();
     let details: Vec<String> = events.into_iter().filter_map(|e| e.detail).collect();
     assert_eq!(details.len(), 2);
-    assert!(details.iter().any(|d| d.contains("broken.png") && d.contains("decode")));
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("broken.png") && d.contains("decode"))
+    );
     let samples = h.store.samples(&summary.run, None).await.unwrap();
     assert!(
         samples

@@ -248,6 +248,15 @@ async fn reclaimed_lease_fences_the_old_owner(store: Store) {
         .unwrap()
         .remove(0);
     store.clock().advance_ms(1_500);
+    assert!(
+        store
+            .claim(&run, "instruct", "new", 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an expired lease is claimable only once reclaimed"
+    );
+    assert_eq!(store.reclaim_expired(&run, "new").await.unwrap(), 1);
     let new = store
         .claim(&run, "instruct", "new", 1, LEASE)
         .await

@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used, reason = "test code panics on failure by design")]
 
 mod check;
+mod run;
 mod score;

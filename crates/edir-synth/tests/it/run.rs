@@ -1,0 +1,126 @@
+//! `run`, `status` and `export` as users run them, on the simulator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn edir_synth(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edir-synth"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn run_on_the_simulator_exports_scores_and_reports_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let work_arg = work.to_str().unwrap();
+    let out = edir_synth(&[
+        "run",
+        "pipelines/full.yaml",
+        "--sim",
+        "--quota",
+        "2",
+        "--only",
+        "global.style",
+        "--only",
+        "color",
+        "--sim-sizes",
+        "64",
+        "--workdir",
+        work_arg,
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("exported 4 queries"), "{stdout}");
+    assert!(stdout.contains("scored 3 models"), "{stdout}");
+    let queries = fs_err::read_to_string(work.join("benchmark/queries.jsonl")).unwrap();
+    assert_eq!(queries.lines().count(), 4);
+    assert!(work.join("report/results.json").is_file());
+    let logs: Vec<_> = fs_err::read_dir(work.join("logs")).unwrap().collect();
+    assert_eq!(logs.len(), 1, "one JSON log per run");
+
+    let status = edir_synth(&["status", "--workdir", work_arg, "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["state"], "finished");
+    assert_eq!(report["accepted"], 4);
+    assert_eq!(report["subcategories"]["global.style"]["accepted"], 2);
+    assert!(report["endpoints"]["editor"]["calls"].as_i64().unwrap() >= 4);
+
+    let table = edir_synth(&["status", "--workdir", work_arg]);
+    assert!(text(&table.stdout).contains("attribute.color"));
+
+    // `export` on demand writes the same bytes as the run's own export.
+    let again = dir.path().join("again");
+    let export = edir_synth(&[
+        "export",
+        "pipelines/full.yaml",
+        "--workdir",
+        work_arg,
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
+    for file in ["queries.jsonl", "corpus.jsonl", "instances.jsonl", "stats.json", "preview.html"] {
+        assert_eq!(
+            fs_err::read(work.join("benchmark").join(file)).unwrap(),
+            fs_err::read(again.join(file)).unwrap(),
+            "{file} is byte-identical"
+        );
+    }
+
+    // A second run of the finished work directory has nothing to do.
+    let second = edir_synth(&[
+        "run",
+        "pipelines/full.yaml",
+        "--sim",
+        "--quota",
+        "2",
+        "--only",
+        "global.style",
+        "--only",
+        "color",
+        "--sim-sizes",
+        "64",
+        "--workdir",
+        work_arg,
+        "--no-score",
+    ]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    assert!(text(&second.stdout).contains(": 0 model calls"), "{}", text(&second.stdout));
+}
+
+#[test]
+fn an_unknown_subcategory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edir_synth(&[
+        "run",
+        "pipelines/full.yaml",
+        "--sim",
+        "--only",
+        "colour",
+        "--workdir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("`--only colour`"), "{stderr}");
+}
+
+#[test]
+fn status_without_a_run_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edir_synth(&["status", "--workdir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nothing has run"), "{}", text(&out.stderr));
+}
