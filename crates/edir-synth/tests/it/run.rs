@@ -71,7 +71,13 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
         again.to_str().unwrap(),
     ]);
     assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
-    for file in ["queries.jsonl", "corpus.jsonl", "instances.jsonl", "stats.json", "preview.html"] {
+    for file in [
+        "queries.jsonl",
+        "corpus.jsonl",
+        "instances.jsonl",
+        "stats.json",
+        "preview.html",
+    ] {
         assert_eq!(
             fs_err::read(work.join("benchmark").join(file)).unwrap(),
             fs_err::read(again.join(file)).unwrap(),
@@ -97,7 +103,11 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
         "--no-score",
     ]);
     assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
-    assert!(text(&second.stdout).contains(": 0 model calls"), "{}", text(&second.stdout));
+    assert!(
+        text(&second.stdout).contains(": 0 model calls"),
+        "{}",
+        text(&second.stdout)
+    );
 }
 
 #[test]
@@ -122,5 +132,9 @@ fn status_without_a_run_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let out = edir_synth(&["status", "--workdir", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("nothing has run"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing has run"),
+        "{}",
+        text(&out.stderr)
+    );
 }
