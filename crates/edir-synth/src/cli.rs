@@ -94,30 +94,8 @@ pub(crate) enum Command {
         #[arg(long, value_delimiter = ',', default_value = "256,384,512,768,1024")]
         sizes: Vec<u32>,
     },
-    /// Score embedding models on any EDIR-layout benchmark (from precomputed vectors).
-    Score {
-        /// The benchmark folder (`queries.jsonl`, `corpus.jsonl`, `instances.jsonl`).
-        bench: PathBuf,
-        /// A folder with `queries.npy` and `corpus.npy` (float32, rows in file order), as
-        /// `[NAME=]DIR`; repeat to score several models at once.
-        #[arg(long = "embeddings", required = true)]
-        embeddings: Vec<String>,
-        /// Where to write `results.json`, `results.md` and `predictions.json`.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Images folder (default: `BENCH/images`, else `BENCH`), checked to exist with `--check-images`.
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// Check that every referenced image exists.
-        #[arg(long)]
-        check_images: bool,
-        /// Rank only each query's own `pos` + `neg` (MMEB-style).
-        #[arg(long)]
-        candidates_only: bool,
-        /// Remove a query's reference image from its own ranking (CIRR-style).
-        #[arg(long)]
-        exclude_reference: bool,
-    },
+    /// Score embedding models on any EDIR-layout benchmark (vectors from files or endpoints).
+    Score(ScoreArgs),
 }
 
 /// Options of `run`.
@@ -173,4 +151,41 @@ pub(crate) struct RunArgs {
     /// Skip scoring at the end (the export is still written).
     #[arg(long)]
     pub(crate) no_score: bool,
+}
+
+/// Options of `score`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ScoreArgs {
+    /// The benchmark folder (`queries.jsonl`, `corpus.jsonl`, `instances.jsonl`).
+    pub(crate) bench: PathBuf,
+    /// A folder with `queries.npy` and `corpus.npy` (float32, rows in file order), as
+    /// `[NAME=]DIR`; repeat to score several models at once.
+    #[arg(long = "embeddings", required_unless_present = "model")]
+    pub(crate) embeddings: Vec<String>,
+    /// An embedding model served at `URL` (an OpenAI-compatible base URL, `.../v1`); without
+    /// `=URL`: `EDIR_EMBED_URL`, else the `--pipeline` endpoint serving that model (or named
+    /// so). Repeatable.
+    #[arg(long = "model")]
+    pub(crate) model: Vec<String>,
+    /// A pipeline whose embedding endpoints `--model` names refer to.
+    #[arg(long)]
+    pub(crate) pipeline: Option<PathBuf>,
+    /// Where embeddings are cached (default: `sqlite://runs/score-cache/store.sqlite`).
+    #[arg(long)]
+    pub(crate) store: Option<String>,
+    /// Where to write `results.json`, `results.md` and `predictions.json`.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Images folder (default: `BENCH/images`, else `BENCH`), checked to exist with `--check-images`.
+    #[arg(long)]
+    pub(crate) images: Option<PathBuf>,
+    /// Check that every referenced image exists.
+    #[arg(long)]
+    pub(crate) check_images: bool,
+    /// Rank only each query's own `pos` + `neg` (MMEB-style).
+    #[arg(long)]
+    pub(crate) candidates_only: bool,
+    /// Remove a query's reference image from its own ranking (CIRR-style).
+    #[arg(long)]
+    pub(crate) exclude_reference: bool,
 }

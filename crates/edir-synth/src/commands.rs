@@ -29,23 +29,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
             out,
         } => export(&pipeline, workdir.as_deref(), store.as_deref(), &out),
         Command::Taxonomy { file, json } => taxonomy(&file, json),
-        Command::Score {
-            bench,
-            embeddings,
-            out,
-            images,
-            check_images,
-            candidates_only,
-            exclude_reference,
-        } => score(
-            &bench,
-            &embeddings,
-            out.as_deref(),
-            images.as_deref(),
-            check_images,
-            candidates_only,
-            exclude_reference,
-        ),
+        Command::Score(args) => score(&args),
         Command::Sim {
             port,
             host,
@@ -250,16 +234,11 @@ fn render_taxonomy(taxonomy: &Taxonomy) -> String {
     text
 }
 
-fn score(
-    bench_dir: &Path,
-    embeddings: &[String],
-    out: Option<&Path>,
-    images: Option<&Path>,
-    check_images: bool,
-    candidates_only: bool,
-    exclude_reference: bool,
-) -> anyhow::Result<u8> {
-    let bench = match edir_dataset::Benchmark::read(bench_dir, images, check_images) {
+fn score(args: &crate::cli::ScoreArgs) -> anyhow::Result<u8> {
+    let bench_dir = args.bench.as_path();
+    let check_images = args.check_images || !args.model.is_empty();
+    let bench = match edir_dataset::Benchmark::read(bench_dir, args.images.as_deref(), check_images)
+    {
         Ok(bench) => bench,
         Err(error) => {
             output::stderr(&format!("error: {error}\n"));
@@ -267,12 +246,12 @@ fn score(
         }
     };
     let options = edir_retrieval::ScoreOptions {
-        candidates_only,
-        exclude_reference,
+        candidates_only: args.candidates_only,
+        exclude_reference: args.exclude_reference,
         ..edir_retrieval::ScoreOptions::default()
     };
     let mut results = Vec::new();
-    for spec in embeddings {
+    for spec in &args.embeddings {
         let (name, dir) = match spec.split_once('=') {
             Some((name, dir)) => (name.to_string(), Path::new(dir).to_path_buf()),
             None => {
@@ -298,14 +277,133 @@ fn score(
             }
         }
     }
+    if !args.model.is_empty() {
+        match score_endpoints(args, &bench, &options)? {
+            Ok(more) => results.extend(more),
+            Err(message) => {
+                output::stderr(&format!("error: {message}\n"));
+                return Ok(EXIT_ERROR);
+            }
+        }
+    }
     let summaries: Vec<edir_retrieval::ModelResult> =
         results.iter().map(|(r, _)| r.clone()).collect();
     output::stdout(&edir_retrieval::markdown(&summaries))?;
-    if let Some(out) = out {
+    if let Some(out) = &args.out {
         edir_retrieval::write(out, &bench, &results)
             .with_context(|| format!("cannot write reports to `{}`", out.display()))?;
     }
     Ok(EXIT_OK)
+}
+
+type Scored = (
+    edir_retrieval::ModelResult,
+    Vec<Vec<edir_retrieval::Ranked>>,
+);
+
+/// Embeds and scores `--model` specs through their endpoints; `Err(message)` for a model that
+/// cannot be reached or embedded (exit 2).
+fn score_endpoints(
+    args: &crate::cli::ScoreArgs,
+    bench: &edir_dataset::Benchmark,
+    options: &edir_retrieval::ScoreOptions,
+) -> anyhow::Result<Result<Vec<Scored>, String>> {
+    let pipeline = match &args.pipeline {
+        Some(path) => match crate::run::compile(path, true) {
+            Some(p) => Some(p),
+            None => return Ok(Err(format!("invalid pipeline `{}`", path.display()))),
+        },
+        None => None,
+    };
+    let lookup = |var: &str| std::env::var(var).ok();
+    let configs = pipeline
+        .as_ref()
+        .map(|p| edir_engine::endpoint_configs(p, Some(edir_config::Api::Embeddings), &lookup))
+        .unwrap_or_default();
+    let mut endpoints = Vec::new();
+    for spec in &args.model {
+        let (name, url) = match spec.split_once('=') {
+            Some((name, url)) => (
+                name.to_string(),
+                Some(url.trim_end_matches('/').to_string()),
+            ),
+            None => (spec.clone(), None),
+        };
+        let from_pipeline = configs.iter().find(|c| c.name == name || c.model == name);
+        let config = match (
+            url,
+            std::env::var("EDIR_EMBED_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
+            from_pipeline,
+        ) {
+            (Some(url), _, _) => edir_model::EndpointConfig::new(&name, &name, vec![url]),
+            (None, _, Some(config)) => config.clone(),
+            (None, Some(env), None) => edir_model::EndpointConfig::new(
+                &name,
+                &name,
+                env.split(',')
+                    .map(|u| u.trim().trim_end_matches('/').to_string())
+                    .collect(),
+            ),
+            (None, None, None) => {
+                return Ok(Err(format!(
+                    "no URL for model `{name}`: give `--model {name}=URL`, set EDIR_EMBED_URL, or `--pipeline` with an endpoint serving it"
+                )));
+            }
+        };
+        endpoints.push(config);
+    }
+    let url = match &args.store {
+        Some(url) => edir_store::StoreUrl::parse(url)?,
+        None => edir_store::StoreUrl::sqlite(Path::new("runs/score-cache/store.sqlite")),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = edir_store::Store::open(&url).await?;
+        let mut scored = Vec::new();
+        for config in endpoints {
+            let label = config.model.clone();
+            let endpoint = match edir_model::Endpoint::connect(config).await {
+                Ok(endpoint) => endpoint,
+                Err(error) => return Ok(Err(format!("cannot score `{label}`\n  Caused by: {error}"))),
+            };
+            let started = std::time::Instant::now();
+            let (queries, corpus) = match edir_retrieval::embed_benchmark(
+                bench,
+                &endpoint,
+                Some(&store),
+                edir_retrieval::QUERY_INSTRUCTION,
+                edir_retrieval::CORPUS_INSTRUCTION,
+            )
+            .await
+            {
+                Ok(matrices) => matrices,
+                Err(error) => {
+                    return Ok(Err(format!(
+                        "cannot embed the benchmark with `{label}`\n  Caused by: {error}"
+                    )));
+                }
+            };
+            let ranked = match edir_retrieval::rank(
+                bench,
+                &queries,
+                &corpus,
+                options,
+                &std::sync::atomic::AtomicBool::new(false),
+            ) {
+                Ok(ranked) => ranked,
+                Err(error) => return Ok(Err(format!("cannot score `{label}`: {error}"))),
+            };
+            tracing::info!(model = %label, seconds = started.elapsed().as_secs_f64(), "embedded and scored");
+            scored.push((edir_retrieval::evaluate(&label, bench, &ranked), ranked));
+        }
+        store.close().await;
+        Ok(Ok(scored))
+    })
 }
 
 fn export(

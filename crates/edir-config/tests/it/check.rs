@@ -431,7 +431,7 @@ fn bad_filter_expression() {
     let out = Fixture::new()
         .edit(
             PIPELINE,
-            "image_distance(reference, target.image) > 0.02",
+            "image_distance(reference, target.image) > 0.002",
             "image_distance(reference, target.image) >",
         )
         .check();

@@ -85,6 +85,50 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
         );
     }
 
+    // Score the export through a simulator's embedding endpoint (cached in a store).
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_edir-synth"))
+        .args(["sim", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sim.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let url = first.split_whitespace().nth(3).unwrap().to_string();
+    let cache = format!("sqlite://{}", dir.path().join("cache.sqlite").display());
+    let bench = work.join("benchmark");
+    let scored: Vec<String> = (0..2)
+        .map(|_| {
+            let out = edir_synth(&[
+                "score",
+                bench.to_str().unwrap(),
+                "--model",
+                &format!("sim/embed-compose={url}"),
+                "--store",
+                &cache,
+            ]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            text(&out.stdout)
+        })
+        .collect();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert!(scored[0].contains("sim/embed-compose R@1"), "{}", scored[0]);
+    assert_eq!(scored[0], scored[1], "cached vectors score the same");
+    let unreachable = edir_synth(&[
+        "score",
+        bench.to_str().unwrap(),
+        "--model",
+        "m=http://127.0.0.1:9/v1",
+        "--store",
+        &cache,
+    ]);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(text(&unreachable.stderr).contains("cannot score `m`"));
+
     // A second run of the finished work directory has nothing to do.
     let second = edir_synth(&[
         "run",
