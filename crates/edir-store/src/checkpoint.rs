@@ -192,7 +192,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         const OP: &str = "renew leases";
         let now = self.now();
-        let expires = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let expires = crate::tasks::lease_expiry(now, lease);
         let mut tx = self.write(OP).await?;
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = $1 \

@@ -149,16 +149,7 @@ impl Store {
         .map_err(query(OP))?;
         let mut events = rows
             .iter()
-            .map(|row| {
-                Ok(Event {
-                    at: get(row, "at", OP)?,
-                    actor: get(row, "actor", OP)?,
-                    kind: get(row, "kind", OP)?,
-                    sample: get(row, "sample_id", OP)?,
-                    task: get(row, "task_id", OP)?,
-                    detail: get(row, "detail", OP)?,
-                })
-            })
+            .map(event_from_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
         events.reverse();
         Ok(events)
@@ -210,19 +201,20 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(query(OP))?;
-        rows.iter()
-            .map(|row| {
-                Ok(Event {
-                    at: get(row, "at", OP)?,
-                    actor: get(row, "actor", OP)?,
-                    kind: get(row, "kind", OP)?,
-                    sample: get(row, "sample_id", OP)?,
-                    task: get(row, "task_id", OP)?,
-                    detail: get(row, "detail", OP)?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
+}
+
+fn event_from_row(row: &AnyRow) -> Result<Event, StoreError> {
+    const OP: &str = "list events";
+    Ok(Event {
+        at: get(row, "at", OP)?,
+        actor: get(row, "actor", OP)?,
+        kind: get(row, "kind", OP)?,
+        sample: get(row, "sample_id", OP)?,
+        task: get(row, "task_id", OP)?,
+        detail: get(row, "detail", OP)?,
+    })
 }
 
 fn run_from_row(row: &AnyRow) -> Result<Run, StoreError> {

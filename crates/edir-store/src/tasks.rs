@@ -38,18 +38,43 @@ WHERE id IN ( \
     FOR UPDATE SKIP LOCKED) \
 RETURNING id, sample_id, stage, item, attempts";
 
-/// The lease predicate every checkpoint carries: `$a` id, `$b` owner, `$c` attempt, `$d` now.
-const COMPLETE: &str = "\
-UPDATE tasks SET state = $1, output_json = $2, output_artifact = $3, cache_key = COALESCE($4, cache_key), \
-    endpoint = $5, latency_ms = $6, prompt_tokens = $7, completion_tokens = $8, \
-    lease_owner = NULL, lease_expires_at = NULL, error_class = NULL, error_message = NULL, \
-    updated_at = $9, finished_at = $9 \
-WHERE id = $10 AND state = 'leased' AND lease_owner = $11 AND attempts = $12 AND lease_expires_at >= $9";
-
 const FAIL: &str = "\
 UPDATE tasks SET state = $1, not_before = $2, error_class = $3, error_message = $4, \
     lease_owner = NULL, lease_expires_at = NULL, updated_at = $5, finished_at = $6 \
 WHERE id = $7 AND state = 'leased' AND lease_owner = $8 AND attempts = $9 AND lease_expires_at >= $5";
+
+/// When a lease taken at `now` for `lease` expires (ms).
+pub(crate) fn lease_expiry(now: i64, lease: Duration) -> i64 {
+    now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `1,2,3`: task ids for an `IN (...)` list. Integers we format ourselves, so inlining them
+/// cannot inject anything.
+fn id_list(tasks: &[TaskId]) -> String {
+    tasks
+        .iter()
+        .map(|t| t.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A claim from a row of `RETURNING id, sample_id, stage, item, attempts`.
+fn claim_from_row(
+    row: &AnyRow,
+    owner: &str,
+    expires: i64,
+    op: &'static str,
+) -> Result<Claim, StoreError> {
+    Ok(Claim {
+        id: TaskId(get(row, "id", op)?),
+        sample: SampleId(get(row, "sample_id", op)?),
+        stage: get(row, "stage", op)?,
+        item: get(row, "item", op)?,
+        attempt: get(row, "attempts", op)?,
+        owner: owner.to_string(),
+        lease_expires_at: expires,
+    })
+}
 
 /// Longest error message kept per task; the rest is cut (messages can quote whole replies).
 const MAX_ERROR_MESSAGE: usize = 2_000;
@@ -73,7 +98,7 @@ impl Store {
     ) -> Result<Vec<Claim>, StoreError> {
         const OP: &str = "claim tasks";
         let now = self.now();
-        let expires = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let expires = lease_expiry(now, lease);
         let sql = match self.backend() {
             Backend::Sqlite => CLAIM_SQLITE,
             Backend::Postgres => CLAIM_POSTGRES,
@@ -92,17 +117,7 @@ impl Store {
         tx.commit().await.map_err(query(OP))?;
         let mut claims = rows
             .iter()
-            .map(|row| {
-                Ok(Claim {
-                    id: TaskId(get(row, "id", OP)?),
-                    sample: SampleId(get(row, "sample_id", OP)?),
-                    stage: get(row, "stage", OP)?,
-                    item: get(row, "item", OP)?,
-                    attempt: get(row, "attempts", OP)?,
-                    owner: owner.to_string(),
-                    lease_expires_at: expires,
-                })
-            })
+            .map(|row| claim_from_row(row, owner, expires, OP))
             .collect::<Result<Vec<_>, StoreError>>()?;
         claims.sort_by_key(|c| c.id);
         Ok(claims)
@@ -138,9 +153,11 @@ impl Store {
         let now = self.now();
         let mut tx = self.write(OP).await?;
         let mut outcome = BatchOutcome::default();
+        let refs: Vec<&Completion> = completions.iter().collect();
+        let done = complete_many(&mut tx, &refs, now).await?;
         let mut written = Vec::with_capacity(completions.len());
         for c in completions {
-            if complete_in(&mut tx, c, now).await? {
+            if done.contains(&c.task) {
                 outcome.written += 1;
                 written.push(c.task);
             } else {
@@ -263,39 +280,6 @@ impl Store {
     }
 }
 
-/// Writes one completion inside a transaction; `false` when the lease was lost (nothing
-/// written). The caller readies the dependents of all written tasks at once with
-/// [`ready_dependents`], in the same transaction.
-pub(crate) async fn complete_in(
-    tx: &mut Transaction<'static, Any>,
-    c: &Completion,
-    now: i64,
-) -> Result<bool, StoreError> {
-    const OP: &str = "complete tasks";
-    let state = match c.outcome {
-        Outcome::Done => TaskState::Done,
-        Outcome::Skipped => TaskState::Skipped,
-    };
-    let written = sqlx::query(COMPLETE)
-        .bind(state.as_str())
-        .bind(c.output_json.as_deref())
-        .bind(c.output_artifact.as_deref())
-        .bind(c.cache_key.as_deref())
-        .bind(c.endpoint.as_deref())
-        .bind(c.latency_ms)
-        .bind(c.prompt_tokens)
-        .bind(c.completion_tokens)
-        .bind(now)
-        .bind(c.task.0)
-        .bind(&c.owner)
-        .bind(c.attempt)
-        .execute(&mut **tx)
-        .await
-        .map_err(query(OP))?
-        .rows_affected();
-    Ok(written == 1)
-}
-
 /// Writes one failed attempt inside a transaction (with an event when it is final); `false`
 /// when the lease was lost (nothing written).
 pub(crate) async fn fail_in(
@@ -356,8 +340,9 @@ pub(crate) async fn fail_in(
 /// `ROWS_PER_INSERT` in samples.rs for why statements stay small).
 const COMPLETE_CHUNK: usize = 16;
 
-/// Writes many completions with one statement per 16, fenced like [`complete_in`]; returns
-/// the tasks written (the others lost their lease).
+/// Writes many completions with one statement per 16; returns the tasks written. Each write
+/// is fenced by its lease (`id`, `owner`, `attempt`, not expired): a task whose lease was lost
+/// or expired is not written.
 pub(crate) async fn complete_many(
     tx: &mut Transaction<'static, Any>,
     completions: &[&Completion],
@@ -434,12 +419,7 @@ pub(crate) async fn ready_dependents(
     now: i64,
 ) -> Result<(), StoreError> {
     for chunk in tasks.chunks(READY_CHUNK) {
-        // Integers we formatted ourselves: no injection is possible.
-        let ids = chunk
-            .iter()
-            .map(|t| t.0.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let ids = id_list(chunk);
         // One aggregate over the edges, joined once: cost linear in the batch.
         let sql = format!(
             "UPDATE tasks SET \
@@ -466,15 +446,10 @@ pub(crate) async fn lease_dependents(
     now: i64,
 ) -> Result<Vec<Claim>, StoreError> {
     const OP: &str = "hand off tasks";
-    let expires = now.saturating_add(i64::try_from(hand_off.lease.as_millis()).unwrap_or(i64::MAX));
+    let expires = lease_expiry(now, hand_off.lease);
     let mut claims = Vec::new();
     for chunk in tasks.chunks(READY_CHUNK) {
-        // Integers we formatted ourselves: no injection is possible.
-        let ids = chunk
-            .iter()
-            .map(|t| t.0.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let ids = id_list(chunk);
         let sql = format!(
             "UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
              WHERE state = 'ready' AND not_before <= $3 AND id IN (SELECT task_id FROM task_deps WHERE dep_id IN ({ids})) \
@@ -489,15 +464,7 @@ pub(crate) async fn lease_dependents(
             .await
             .map_err(query(OP))?;
         for row in &rows {
-            claims.push(Claim {
-                id: TaskId(get(row, "id", OP)?),
-                sample: SampleId(get(row, "sample_id", OP)?),
-                stage: get(row, "stage", OP)?,
-                item: get(row, "item", OP)?,
-                attempt: get(row, "attempts", OP)?,
-                owner: hand_off.owner.clone(),
-                lease_expires_at: expires,
-            });
+            claims.push(claim_from_row(row, &hand_off.owner, expires, OP)?);
         }
     }
     claims.sort_by_key(|c| c.id);
