@@ -6,7 +6,7 @@
 //! looked up there before a task gives up on it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use edir_config::{ImageRef, Pipeline};
 use edir_store::{ArtifactStore, SampleId, Store, TaskState};
@@ -39,6 +39,8 @@ pub struct SampleContext {
     pub reference: String,
     /// Reference source name.
     pub reference_name: String,
+    /// The reference's width and height, read once per sample.
+    dims: OnceLock<Option<(u32, u32)>>,
     outputs: Mutex<HashMap<(String, i64), Output>>,
 }
 
@@ -58,8 +60,25 @@ impl SampleContext {
             seed,
             reference,
             reference_name,
+            dims: OnceLock::new(),
             outputs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The reference's width and height (`None` when its header cannot be read), read from
+    /// the artifact the first time a task of this sample asks.
+    ///
+    /// # Errors
+    /// The store's error when the artifact cannot be read.
+    pub fn reference_dims(
+        &self,
+        artifacts: &ArtifactStore,
+    ) -> Result<Option<(u32, u32)>, edir_store::StoreError> {
+        if let Some(dims) = self.dims.get() {
+            return Ok(*dims);
+        }
+        let dims = source::dimensions(&artifacts.get(&self.reference)?);
+        Ok(*self.dims.get_or_init(|| dims))
     }
 
     /// Records an output.
@@ -204,13 +223,13 @@ fn check(
     }
 }
 
-/// Builds the template variables of one task: the sample's and the upstream outputs.
+/// Builds the template variables of one task: the sample's and the upstream outputs (a
+/// fan-out task adds its `item`).
 pub fn variables(
     pipeline: &Pipeline,
     items: &HashMap<String, i64, impl std::hash::BuildHasher>,
     context: &SampleContext,
     reference_dims: Option<(u32, u32)>,
-    item: Option<Value>,
 ) -> Value {
     let subcategory = pipeline.taxonomy.find(&context.subcategory);
     let category = subcategory.and_then(|s| pipeline.taxonomy.category(&s.category));
@@ -255,9 +274,6 @@ pub fn variables(
         } else if let Some(output) = context.get(&stage.id, 0) {
             map.insert(stage.id.clone(), output.json);
         }
-    }
-    if let Some(item) = item {
-        map.insert("item".into(), item);
     }
     vars
 }

@@ -846,15 +846,8 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Written>) -> Result<
             if w.rejected {
                 rejected_by.insert(&w.sample, w.stage);
             }
-            for dependent in &shared.plan.dependents[&shared.pipeline.stages[w.stage].id] {
-                if let Some(i) = shared
-                    .pipeline
-                    .stages
-                    .iter()
-                    .position(|s| &s.id == dependent)
-                {
-                    woken[i] = true;
-                }
+            for &i in &shared.plan.dependents_at[w.stage] {
+                woken[i] = true;
             }
         }
         // Each decision counts once, however many results of its sample the batch holds.
@@ -889,12 +882,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Written>) -> Result<
         // What the checkpoint made ready is leased to us: hand it straight on.
         let handed = outcome.leased.len();
         for claim in outcome.leased {
-            if let Some(i) = shared
-                .pipeline
-                .stages
-                .iter()
-                .position(|s| s.id == claim.stage)
-            {
+            if let Some(&i) = shared.plan.position.get(&claim.stage) {
                 let _ = shared.handoff[i].send(claim);
             }
         }
@@ -1025,7 +1013,7 @@ impl Drawer {
             }
         }
         for root in &shared.plan.roots {
-            if let Some(i) = shared.pipeline.stages.iter().position(|s| &s.id == root) {
+            if let Some(&i) = shared.plan.position.get(root) {
                 shared.wake[i].notify_one();
             }
         }

@@ -148,37 +148,27 @@ impl Operators {
         item: i64,
         context: &SampleContext,
     ) -> Result<TaskOutput, TaskError> {
-        let reference_bytes = self
-            .artifacts
-            .get(&context.reference)
+        let dims = context
+            .reference_dims(&self.artifacts)
             .map_err(|e| TaskError::new("artifact", e.to_string()))?;
-        let dims = source::dimensions(&reference_bytes);
+        let mut vars = context::variables(&self.pipeline, &self.items, context, dims);
         let mut item_value = None;
         if let Some(field) = &stage.for_each {
-            let base = context::variables(&self.pipeline, &self.items, context, dims, None);
-            let list = base
+            let value = vars
                 .get(&field.stage)
                 .and_then(|o| o.get(&field.field))
                 .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            match usize::try_from(item).ok().and_then(|i| list.get(i)) {
-                Some(value) => item_value = Some(value.clone()),
-                None => {
-                    return Ok(TaskOutput {
-                        skipped: true,
-                        ..TaskOutput::local(Value::Null, Verdict::Continue)
-                    });
-                }
-            }
+                .and_then(|list| usize::try_from(item).ok().and_then(|i| list.get(i)))
+                .cloned();
+            let Some(value) = value else {
+                return Ok(TaskOutput {
+                    skipped: true,
+                    ..TaskOutput::local(Value::Null, Verdict::Continue)
+                });
+            };
+            vars["item"] = value.clone();
+            item_value = Some(value);
         }
-        let vars = context::variables(
-            &self.pipeline,
-            &self.items,
-            context,
-            dims,
-            item_value.clone(),
-        );
         let seed = u64::try_from(context.seed)
             .unwrap_or(0)
             .wrapping_add(u64::try_from(item).unwrap_or(0));

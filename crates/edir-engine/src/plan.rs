@@ -17,6 +17,10 @@ pub struct StagePlan {
     pub sinks: BTreeSet<String>,
     /// Stages with no needs: ready as soon as a sample is drawn.
     pub roots: Vec<String>,
+    /// Position of each stage in `pipeline.stages`.
+    pub position: BTreeMap<String, usize>,
+    /// By stage position: the positions of the stages that need it directly.
+    pub dependents_at: Vec<Vec<usize>>,
 }
 
 impl StagePlan {
@@ -52,11 +56,29 @@ impl StagePlan {
             .filter(|s| s.needs.is_empty())
             .map(|s| s.id.clone())
             .collect();
+        let position: BTreeMap<String, usize> = pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        let dependents_at = pipeline
+            .stages
+            .iter()
+            .map(|s| {
+                dependents[&s.id]
+                    .iter()
+                    .filter_map(|d| position.get(d).copied())
+                    .collect()
+            })
+            .collect();
         Self {
             items,
             dependents,
             sinks,
             roots,
+            position,
+            dependents_at,
         }
     }
 
