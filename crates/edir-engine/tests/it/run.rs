@@ -175,6 +175,17 @@ async fn check_invariants(store: &Store, summary: &RunSummary) {
     }
 }
 
+/// Model calls the store has recorded for a run.
+async fn model_calls(store: &Store, run: &edir_store::RunId) -> i64 {
+    store
+        .stage_usage(run)
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.calls)
+        .sum()
+}
+
 fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -250,25 +261,11 @@ async fn end_to_end(h: Harness) {
     assert_eq!(read_tree(&out), read_tree(&again));
 
     // A second run of a finished run has nothing to do.
-    let calls_before = h
-        .store
-        .stage_usage(&summary.run)
-        .await
-        .unwrap()
-        .iter()
-        .map(|u| u.calls)
-        .sum::<i64>();
+    let calls_before = model_calls(&h.store, &summary.run).await;
     let second = run(&h, &pipeline, &source, 3, 0.0, &[]).await;
     assert_eq!(second.run, summary.run, "the run is reopened");
     assert_eq!(second.calls, 0, "nothing left to do");
-    let calls_after = h
-        .store
-        .stage_usage(&summary.run)
-        .await
-        .unwrap()
-        .iter()
-        .map(|u| u.calls)
-        .sum::<i64>();
+    let calls_after = model_calls(&h.store, &summary.run).await;
     assert_eq!(calls_before, calls_after);
     h.finish().await;
 }

@@ -19,12 +19,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn run_on_the_simulator_exports_scores_and_reports_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    let work_arg = work.to_str().unwrap();
-    let out = edir_synth(&[
+/// `run pipelines/full.yaml --sim` for two subcategories at quota 2, small scenes, plus `extra`.
+fn run_args<'a>(workdir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "run",
         "pipelines/full.yaml",
         "--sim",
@@ -37,8 +34,18 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
         "--sim-sizes",
         "64",
         "--workdir",
-        work_arg,
-    ]);
+        workdir,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn run_on_the_simulator_exports_scores_and_reports_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let work_arg = work.to_str().unwrap();
+    let out = edir_synth(&run_args(work_arg, &[]));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("exported 4 queries"), "{stdout}");
@@ -130,22 +137,7 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
     assert!(text(&unreachable.stderr).contains("cannot score `m`"));
 
     // A second run of the finished work directory has nothing to do.
-    let second = edir_synth(&[
-        "run",
-        "pipelines/full.yaml",
-        "--sim",
-        "--quota",
-        "2",
-        "--only",
-        "global.style",
-        "--only",
-        "color",
-        "--sim-sizes",
-        "64",
-        "--workdir",
-        work_arg,
-        "--no-score",
-    ]);
+    let second = edir_synth(&run_args(work_arg, &["--no-score"]));
     assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
     assert!(
         text(&second.stdout).contains(": 0 model calls"),
