@@ -296,18 +296,13 @@ fn score(args: &crate::cli::ScoreArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-type Scored = (
-    edir_retrieval::ModelResult,
-    Vec<Vec<edir_retrieval::Ranked>>,
-);
-
 /// Embeds and scores `--model` specs through their endpoints; `Err(message)` for a model that
 /// cannot be reached or embedded (exit 2).
 fn score_endpoints(
     args: &crate::cli::ScoreArgs,
     bench: &edir_dataset::Benchmark,
     options: &edir_retrieval::ScoreOptions,
-) -> anyhow::Result<Result<Vec<Scored>, String>> {
+) -> anyhow::Result<Result<Vec<crate::run::Scored>, String>> {
     let pipeline = match &args.pipeline {
         Some(path) => match crate::run::compile(path, true) {
             Some(p) => Some(p),
@@ -366,40 +361,10 @@ fn score_endpoints(
         let store = edir_store::Store::open(&url).await?;
         let mut scored = Vec::new();
         for config in endpoints {
-            let label = config.model.clone();
-            let endpoint = match edir_model::Endpoint::connect(config).await {
-                Ok(endpoint) => endpoint,
-                Err(error) => return Ok(Err(format!("cannot score `{label}`\n  Caused by: {error}"))),
-            };
-            let started = std::time::Instant::now();
-            let (queries, corpus) = match edir_retrieval::embed_benchmark(
-                bench,
-                &endpoint,
-                Some(&store),
-                edir_retrieval::QUERY_INSTRUCTION,
-                edir_retrieval::CORPUS_INSTRUCTION,
-            )
-            .await
-            {
-                Ok(matrices) => matrices,
-                Err(error) => {
-                    return Ok(Err(format!(
-                        "cannot embed the benchmark with `{label}`\n  Caused by: {error}"
-                    )));
-                }
-            };
-            let ranked = match edir_retrieval::rank(
-                bench,
-                &queries,
-                &corpus,
-                options,
-                &std::sync::atomic::AtomicBool::new(false),
-            ) {
-                Ok(ranked) => ranked,
-                Err(error) => return Ok(Err(format!("cannot score `{label}`: {error}"))),
-            };
-            tracing::info!(model = %label, seconds = started.elapsed().as_secs_f64(), "embedded and scored");
-            scored.push((edir_retrieval::evaluate(&label, bench, &ranked), ranked));
+            match crate::run::score_endpoint(bench, config, &store, options).await {
+                Ok(result) => scored.push(result),
+                Err(message) => return Ok(Err(message)),
+            }
         }
         store.close().await;
         Ok(Ok(scored))

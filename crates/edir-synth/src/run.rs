@@ -514,27 +514,16 @@ async fn score(
                 config
             }
         };
-        let label = config.model.clone();
-        let endpoint = edir_model::Endpoint::connect(config)
+        results.push(
+            score_endpoint(
+                &bench,
+                config,
+                store,
+                &edir_retrieval::ScoreOptions::default(),
+            )
             .await
-            .with_context(|| format!("cannot score with `{name}`"))?;
-        let (queries, corpus) = edir_retrieval::embed_benchmark(
-            &bench,
-            &endpoint,
-            Some(store),
-            edir_retrieval::QUERY_INSTRUCTION,
-            edir_retrieval::CORPUS_INSTRUCTION,
-        )
-        .await
-        .with_context(|| format!("cannot embed the benchmark with `{label}`"))?;
-        let ranked = edir_retrieval::rank(
-            &bench,
-            &queries,
-            &corpus,
-            &edir_retrieval::ScoreOptions::default(),
-            &std::sync::atomic::AtomicBool::new(false),
-        )?;
-        results.push((edir_retrieval::evaluate(&label, &bench, &ranked), ranked));
+            .map_err(|message| anyhow::anyhow!(message))?,
+        );
     }
     if results.is_empty() {
         return Ok(());
@@ -550,4 +539,44 @@ async fn score(
         edir_retrieval::markdown(&summaries)
     ))?;
     Ok(())
+}
+
+/// One model's result and its rankings.
+pub(crate) type Scored = (
+    edir_retrieval::ModelResult,
+    Vec<Vec<edir_retrieval::Ranked>>,
+);
+
+/// Connects one embedding endpoint, embeds `bench` through it (vectors cached in `store`)
+/// and ranks it; `Err` says which model failed and why.
+pub(crate) async fn score_endpoint(
+    bench: &edir_dataset::Benchmark,
+    config: edir_model::EndpointConfig,
+    store: &Store,
+    options: &edir_retrieval::ScoreOptions,
+) -> Result<Scored, String> {
+    let label = config.model.clone();
+    let endpoint = edir_model::Endpoint::connect(config)
+        .await
+        .map_err(|error| format!("cannot score `{label}`\n  Caused by: {error}"))?;
+    let started = std::time::Instant::now();
+    let (queries, corpus) = edir_retrieval::embed_benchmark(
+        bench,
+        &endpoint,
+        Some(store),
+        edir_retrieval::QUERY_INSTRUCTION,
+        edir_retrieval::CORPUS_INSTRUCTION,
+    )
+    .await
+    .map_err(|error| format!("cannot embed the benchmark with `{label}`\n  Caused by: {error}"))?;
+    let ranked = edir_retrieval::rank(
+        bench,
+        &queries,
+        &corpus,
+        options,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .map_err(|error| format!("cannot score `{label}`: {error}"))?;
+    tracing::info!(model = %label, seconds = started.elapsed().as_secs_f64(), "embedded and scored");
+    Ok((edir_retrieval::evaluate(&label, bench, &ranked), ranked))
 }
