@@ -26,6 +26,18 @@ pub struct Output {
     pub skipped: bool,
 }
 
+/// The seed a sample's tasks use: its drawn seed, mixed with its generation after a `regen`, so
+/// a regenerated sample gets fresh samples from the models, not the same ones again.
+#[must_use]
+pub fn effective_seed(seed: i64, generation: i64) -> i64 {
+    if generation == 0 {
+        return seed;
+    }
+    #[expect(clippy::cast_possible_wrap, reason = "a bit pattern for mixing")]
+    let mix = generation.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as i64);
+    (seed ^ mix) & i64::MAX
+}
+
 /// An active sample.
 #[derive(Debug)]
 pub struct SampleContext {
@@ -193,7 +205,7 @@ impl ContextCache {
                 let context = Arc::new(SampleContext::new(
                     record.id,
                     record.subcategory,
-                    record.seed,
+                    effective_seed(record.seed, record.generation),
                     record.reference,
                     record.reference_name,
                 ));

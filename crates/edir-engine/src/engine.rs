@@ -53,12 +53,14 @@ pub struct RunOptions {
     pub filter_concurrency: usize,
     /// How long in-flight calls may finish after the intake stops (Ctrl-C).
     pub grace: Duration,
+    /// Start a fresh run (`run --new`): the existing run of this name is archived, not resumed.
+    pub fresh: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            owner: format!("worker-{}", std::process::id()),
+            owner: default_owner(),
             only: Vec::new(),
             quota: None,
             source: None,
@@ -68,8 +70,21 @@ impl Default for RunOptions {
             poll: Duration::from_millis(250),
             filter_concurrency: 4,
             grace: Duration::from_secs(30),
+            fresh: false,
         }
     }
+}
+
+/// `host:pid:nonce`: unique per process, readable in `status` and in lease owners.
+fn default_owner() -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{}:{}:{nonce:08x}",
+        crate::resume::host_name(),
+        std::process::id()
+    )
 }
 
 /// How a run ended.
@@ -120,6 +135,10 @@ struct Shared {
     options: RunOptions,
     plan: StagePlan,
     needs: Vec<Vec<(String, i64)>>,
+    /// By stage position: the stage part of its tasks' cache keys.
+    stage_keys: Vec<String>,
+    /// Accepted-sample quota per subcategory (checked when a sample is accepted).
+    quotas: HashMap<String, u64>,
     operators: Operators,
     cache: ContextCache,
     progress: Arc<Progress>,
@@ -214,14 +233,51 @@ impl Engine {
         let selected = self.selected()?;
         let pipeline = self.pipeline.clone();
         let owner = self.options.owner.clone();
-        let (run, created) = self
+        let lease = self.options.lease;
+        if self.options.fresh
+            && let Some(old) = self.store.find_run(&pipeline.name).await?
+        {
+            crate::resume::claim_run(&self.store, &old.id, &owner, lease).await?;
+            self.store.archive_run(&pipeline.name, &owner).await?;
+            tracing::info!(old = %old.id, "started a fresh run; the earlier one is kept in the store, archived");
+        }
+        let (run, _created) = self
             .store
             .open_run(&pipeline.name, &pipeline.text, &pipeline.hash, &owner)
             .await?;
-        if !created && run.pipeline_hash != pipeline.hash {
-            tracing::warn!(
-                run = %run.id,
-                "the pipeline changed since this run was created; finished tasks are kept as they are"
+        crate::resume::claim_run(&self.store, &run.id, &owner, lease).await?;
+        let assessment = crate::resume::assess(
+            &self.store,
+            &pipeline,
+            Some(&run),
+            &selected,
+            self.options.quota,
+        )
+        .await?;
+        if !assessment.blockers.is_empty() {
+            return Err(EngineError::Conflict {
+                message: format!(
+                    "the run `{}` cannot be resumed with this pipeline:\n  - {}\nnothing was changed; \
+                     restore the pipeline, or start a fresh run with `run --new` (the old one stays in the store, archived)",
+                    pipeline.name,
+                    assessment.blockers.join("\n  - ")
+                ),
+            });
+        }
+        self.store
+            .register_worker(
+                &run.id,
+                &owner,
+                &crate::resume::host_name(),
+                std::process::id(),
+            )
+            .await?;
+        let reopened = crate::resume::apply(&self.store, &assessment, &owner).await?;
+        if reopened > 0 {
+            tracing::info!(
+                stale = assessment.stale_tasks(),
+                retried = assessment.retried_tasks(),
+                "reopened tasks: stale ones are recomputed, transient failures retried"
             );
         }
         self.store
@@ -351,7 +407,17 @@ impl Engine {
             .iter()
             .map(|_| mpsc::unbounded_channel::<Claim>())
             .unzip();
+        let keys = crate::key::stage_keys(&pipeline);
+        let stage_keys = pipeline
+            .stages
+            .iter()
+            .map(|s| keys[&s.id].key.clone())
+            .collect();
+        let quotas = counts.iter().map(|(id, c)| (id.clone(), c.quota)).collect();
+        let generations = self.store.next_generations(&run.id).await?;
         let shared = Arc::new(Shared {
+            stage_keys,
+            quotas,
             pipeline: pipeline.clone(),
             store: self.store.clone(),
             run: run.id.clone(),
@@ -392,6 +458,7 @@ impl Engine {
             used,
             loaded: HashMap::new(),
             cursors: HashMap::new(),
+            generations,
             max_active,
         };
         let finished = drawer.run().await;
@@ -423,6 +490,7 @@ impl Engine {
                 "released tasks that were claimed but not started"
             );
         }
+        self.store.unregister_worker(&owner).await?;
         let finished = finished?;
         let state = if finished {
             RunState::Finished
@@ -442,7 +510,10 @@ impl Engine {
 }
 
 /// The subcategory ids of `only` (ids or labels), or all the pipeline's.
-fn select(pipeline: &Pipeline, only: &[String]) -> Result<Vec<String>, EngineError> {
+///
+/// # Errors
+/// [`EngineError::Conflict`] for a name that is not in the pipeline.
+pub fn select(pipeline: &Pipeline, only: &[String]) -> Result<Vec<String>, EngineError> {
     if only.is_empty() {
         return Ok(pipeline.subcategories.clone());
     }
@@ -513,8 +584,24 @@ fn run_settings(pipeline: &Pipeline, selected: &[String], quota: Option<u32>) ->
             )
         })
         .collect();
+    let keys: BTreeMap<String, serde_json::Value> = crate::key::stage_keys(pipeline)
+        .into_iter()
+        .map(|(stage, key)| (stage, json!({"key": key.key, "components": key.components})))
+        .collect();
+    let needs: BTreeMap<&str, &Vec<String>> = pipeline
+        .stages
+        .iter()
+        .map(|s| (s.id.as_str(), &s.needs))
+        .collect();
+    let labels: BTreeMap<&str, &str> = pipeline
+        .selected_subcategories()
+        .map(|s| (s.id.as_str(), s.label.as_str()))
+        .collect();
     json!({
         "pipeline_hash": pipeline.hash,
+        "subcategories": labels,
+        "keys": keys,
+        "needs": needs,
         "stages": stages,
         "endpoints": endpoints,
         "quota": quotas,
@@ -529,6 +616,9 @@ async fn renew(shared: Arc<Shared>) {
     let every = shared.options.lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        if let Err(error) = shared.store.heartbeat(&shared.owner).await {
+            tracing::warn!(%error, "cannot record this worker's heartbeat");
+        }
         if let Err(error) = shared
             .store
             .renew_leases(&shared.run, &shared.owner, shared.options.lease)
@@ -676,6 +766,11 @@ async fn execute(shared: &Shared, index: usize, claim: Claim) -> Written {
         }),
     };
     let context = context.ok();
+    let quota = context
+        .as_ref()
+        .and_then(|c| shared.quotas.get(&c.subcategory))
+        .copied()
+        .unwrap_or(u64::MAX);
     match result {
         Ok(output) => {
             let (then, rejected) = match &output.verdict {
@@ -686,9 +781,21 @@ async fn execute(shared: &Shared, index: usize, claim: Claim) -> Written {
                     },
                     true,
                 ),
-                Verdict::Continue if sink => (Then::AcceptIfComplete, false),
+                Verdict::Continue if sink => (Then::AcceptIfComplete { quota }, false),
                 Verdict::Continue => (Then::Continue, false),
             };
+            let cache_key = context.as_ref().map(|context| {
+                let upstream: Vec<(&str, i64, Option<Output>)> = shared.needs[index]
+                    .iter()
+                    .map(|(s, i)| (s.as_str(), *i, context.get(s, *i)))
+                    .collect();
+                crate::key::task_key(
+                    &shared.stage_keys[index],
+                    context.seed,
+                    claim.item,
+                    &upstream,
+                )
+            });
             if let Some(context) = &context {
                 context.put(
                     &stage.id,
@@ -713,7 +820,7 @@ async fn execute(shared: &Shared, index: usize, claim: Claim) -> Written {
                 },
                 output_json: (!output.skipped).then(|| output.json.to_string()),
                 output_artifact: output.artifact,
-                cache_key: None,
+                cache_key,
                 endpoint: output.replica,
                 latency_ms: output.latency_ms,
                 prompt_tokens: output.prompt_tokens,
@@ -914,6 +1021,8 @@ struct Drawer {
     loaded: HashMap<String, String>,
     /// Per subcategory: (pass, position) in its permutation walk.
     cursors: HashMap<String, (u64, usize, Vec<usize>)>,
+    /// Per subcategory regenerated whole: the generation its new samples get.
+    generations: BTreeMap<String, i64>,
     max_active: usize,
 }
 
@@ -1000,7 +1109,7 @@ impl Drawer {
                 shared.cache.insert(Arc::new(SampleContext::new(
                     id.clone(),
                     sample.subcategory.clone(),
-                    sample.seed,
+                    crate::context::effective_seed(sample.seed, sample.generation),
                     sample.reference.clone(),
                     sample.reference_name.clone(),
                 )));
@@ -1078,6 +1187,7 @@ impl Drawer {
             return Ok(Some(NewSample {
                 subcategory: subcategory.to_string(),
                 ordinal: i64::try_from(ordinal).unwrap_or(i64::MAX),
+                generation: self.generations.get(subcategory).copied().unwrap_or(0),
                 reference: hash,
                 reference_name: reference.name.clone(),
                 seed: i64::try_from(sample_seed).unwrap_or(0),

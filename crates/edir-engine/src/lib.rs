@@ -6,13 +6,15 @@ mod endpoints;
 mod engine;
 mod error;
 mod export;
+pub mod key;
 pub mod operator;
 mod plan;
 pub mod progress;
+pub mod resume;
 pub mod source;
 
 pub use endpoints::{connect, endpoint_configs};
-pub use engine::{Engine, RunOptions, RunSummary};
+pub use engine::{Engine, RunOptions, RunSummary, select};
 pub use error::EngineError;
 pub use export::{ExportSummary, export};
 pub use plan::StagePlan;

@@ -10,6 +10,7 @@ use crate::StoreError;
 use crate::error::query;
 use crate::model::{Claim, Completion, Failure, RunId, SampleId, SampleState, TaskId};
 use crate::store::{EventRow, Store, get, insert_event};
+use crate::url::Backend;
 
 /// What a written result means for its sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +24,14 @@ pub enum Then {
         /// Why.
         reason: String,
     },
-    /// Accept the sample if none of its tasks is left unfinished (a sink stage finished).
-    AcceptIfComplete,
+    /// Accept the sample if none of its tasks is left unfinished (a sink stage finished),
+    /// unless its subcategory already has `quota` accepted samples: then it is rejected as
+    /// surplus, so a subcategory never holds more than its quota, whatever reopened samples
+    /// or several workers race for the last place.
+    AcceptIfComplete {
+        /// The subcategory's quota.
+        quota: u64,
+    },
 }
 
 /// One result to checkpoint.
@@ -143,15 +150,22 @@ impl Store {
             outcome.written += 1;
             let decision = match then {
                 Then::Continue => None,
-                Then::Decide { state, reason } => Some((*state, Some(reason.as_str()))),
-                Then::AcceptIfComplete => {
+                Then::Decide { state, reason } => Some((*state, Some(reason.clone()))),
+                Then::AcceptIfComplete { quota } => {
                     let row = sqlx::query(UNFINISHED)
                         .bind(&sample.0)
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(query(OP))?;
                     let unfinished: i64 = get(&row, "n", OP)?;
-                    (unfinished == 0).then_some((SampleState::Accepted, None))
+                    if unfinished == 0 {
+                        match self.accepted_room(&mut tx, &run.0, sample, *quota).await? {
+                            None => Some((SampleState::Accepted, None)),
+                            Some(surplus) => Some((SampleState::Rejected, Some(surplus))),
+                        }
+                    } else {
+                        None
+                    }
                 }
             };
             if let Some((state, reason)) = decision
@@ -161,7 +175,7 @@ impl Store {
                     sample,
                     state,
                     Some(stage),
-                    reason,
+                    reason.as_deref(),
                     actor,
                     now,
                 )
@@ -177,6 +191,45 @@ impl Store {
         }
         tx.commit().await.map_err(query(OP))?;
         Ok(outcome)
+    }
+
+    /// `None` when the sample's subcategory has room for one more accepted sample; otherwise
+    /// the surplus reason. On Postgres a transaction-scoped advisory lock per (run,
+    /// subcategory) serialises the check, so two workers cannot both take the last place
+    /// (SQLite has one writer at a time anyway).
+    async fn accepted_room(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        run: &str,
+        sample: &SampleId,
+        quota: u64,
+    ) -> Result<Option<String>, StoreError> {
+        const OP: &str = "check the quota";
+        let row = sqlx::query("SELECT subcategory FROM samples WHERE id = $1")
+            .bind(&sample.0)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(query(OP))?;
+        let subcategory: String = get(&row, "subcategory", OP)?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT AS locked")
+                .bind(format!("{run}/{subcategory}"))
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(query(OP))?;
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM samples WHERE run_id = $1 AND subcategory = $2 AND state = 'accepted'",
+        )
+        .bind(run)
+        .bind(&subcategory)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(query(OP))?;
+        let accepted: i64 = get(&row, "n", OP)?;
+        Ok((u64::try_from(accepted).unwrap_or(0) >= quota).then(|| {
+            format!("surplus: {subcategory} already has its quota of {quota} accepted samples")
+        }))
     }
 
     /// Extends every lease `owner` holds in `run` to `now + lease`; returns how many. Workers

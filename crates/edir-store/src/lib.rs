@@ -7,6 +7,7 @@ mod clock;
 mod embeddings;
 mod error;
 mod model;
+mod resume;
 mod runs;
 mod samples;
 mod status;
@@ -23,6 +24,7 @@ pub use model::{
     RunId, RunState, SampleCount, SampleId, SampleRecord, SampleState, TaskCount, TaskId,
     TaskRecord, TaskState,
 };
+pub use resume::{FailedTask, KeyGroup, STAGE_KEY_LEN, Worker};
 pub use status::{FailureCount, StageUsage};
 pub use store::{POSTGRES_MIGRATOR, SQLITE_MIGRATOR, Store, StoreOptions};
 pub use url::{Backend, StoreUrl, redact};

@@ -68,6 +68,8 @@ string_enum! {
         Finished = "finished",
         /// Stopped by a signal; `run` resumes it.
         Interrupted = "interrupted",
+        /// Put aside by `run --new` (renamed `name@id`); kept for audit.
+        Archived = "archived",
     }
 }
 
@@ -142,6 +144,8 @@ pub struct NewSample {
     pub subcategory: String,
     /// The n-th sample drawn for this subcategory.
     pub ordinal: i64,
+    /// 0, or one more than the subcategory's superseded generations (after `regen`).
+    pub generation: i64,
     /// Artifact hash of the reference image.
     pub reference: String,
     /// Source name of the reference.

@@ -56,13 +56,13 @@ impl Store {
         let mut tx = self.write(OP).await?;
         // Multi-row statements: a batch of samples costs a handful of statements, not one
         // per task and dependency.
-        let per_chunk = ROWS_PER_INSERT / 9;
+        let per_chunk = ROWS_PER_INSERT / 10;
         for (chunk_samples, chunk_ids) in samples.chunks(per_chunk).zip(ids.chunks(per_chunk)) {
             let sql = format!(
                 "INSERT INTO samples (id, run_id, subcategory, ordinal, generation, reference, reference_name, seed, state, created_at, updated_at) VALUES {}",
                 placeholders(
                     chunk_samples.len(),
-                    "(?, ?, ?, ?, 0, ?, ?, ?, 'active', ?, ?)"
+                    "(?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)"
                 )
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -72,6 +72,7 @@ impl Store {
                     .bind(&run.0)
                     .bind(&sample.subcategory)
                     .bind(sample.ordinal)
+                    .bind(sample.generation)
                     .bind(&sample.reference)
                     .bind(&sample.reference_name)
                     .bind(sample.seed)

@@ -53,6 +53,67 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a `run` would compute: samples to draw, failed tasks it retries, stale tasks (and
+    /// which input of their cache key changed), and what would stop it from resuming.
+    Plan {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The work directory (default: the pipeline's, `runs/<name>`).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// The store URL (default: the work directory's SQLite file).
+        #[arg(long)]
+        store: Option<String>,
+        /// Accepted samples per subcategory (as `run --quota`).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        quota: Option<u32>,
+        /// Only these subcategories (as `run --only`).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-queue failed tasks (a fresh attempt budget each); the next `run` redoes them.
+    Retry {
+        /// The work directory (default: the only one under `runs/`).
+        #[arg(long, conflicts_with = "store")]
+        workdir: Option<PathBuf>,
+        /// The store URL (`postgres://...` or `sqlite://...`).
+        #[arg(long)]
+        store: Option<String>,
+        /// The run name, when the store holds several.
+        #[arg(long)]
+        run: Option<String>,
+        /// Re-queue failed tasks (required: says what is retried).
+        #[arg(long, required = true)]
+        failed: bool,
+        /// Only the failed tasks of this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only the failed tasks of this error class (as `status` shows them, e.g. `timeout`).
+        #[arg(long)]
+        error: Option<String>,
+    },
+    /// Supersede a subcategory's outputs (kept for audit); the next `run` remakes them and
+    /// leaves every other subcategory untouched.
+    Regen {
+        /// The work directory (default: the only one under `runs/`).
+        #[arg(long, conflicts_with = "store")]
+        workdir: Option<PathBuf>,
+        /// The store URL (`postgres://...` or `sqlite://...`).
+        #[arg(long)]
+        store: Option<String>,
+        /// The run name, when the store holds several.
+        #[arg(long)]
+        run: Option<String>,
+        /// The subcategory (id or label).
+        #[arg(long)]
+        subcategory: String,
+        /// Keep the outputs of the stages before this one (default: remake whole samples).
+        #[arg(long)]
+        from_stage: Option<String>,
+    },
     /// Write the accepted samples in the EDIR layout.
     Export {
         /// The pipeline (for the taxonomy and the stage roles).
@@ -151,6 +212,9 @@ pub(crate) struct RunArgs {
     /// Skip scoring at the end (the export is still written).
     #[arg(long)]
     pub(crate) no_score: bool,
+    /// Start a fresh run instead of resuming (the existing one is kept in the store, archived).
+    #[arg(long)]
+    pub(crate) new: bool,
 }
 
 /// Options of `score`.

@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod output;
+mod resume;
 mod run;
 mod status;
 

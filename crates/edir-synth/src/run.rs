@@ -129,7 +129,7 @@ async fn run_async(
         source,
         max_active: args.max_active,
         grace: Duration::from_secs_f64(args.grace_period.max(0.0)),
-        owner: format!("{}-{}", hostname(), std::process::id()),
+        fresh: args.new,
         ..RunOptions::default()
     };
     let engine = Engine::new(
@@ -208,14 +208,6 @@ async fn run_async(
     } else {
         EXIT_FAILED_SAMPLES
     })
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| fs_err::read_to_string("/etc/hostname").ok())
-        .map_or_else(|| "host".into(), |h| h.trim().to_string())
 }
 
 fn source_exists(pipeline: &Pipeline) -> bool {

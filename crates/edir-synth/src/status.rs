@@ -59,7 +59,7 @@ pub(crate) async fn open_existing(
     Ok(Store::open(&url).await?)
 }
 
-async fn pick_run(store: &Store, name: Option<&str>) -> anyhow::Result<Run> {
+pub(crate) async fn pick_run(store: &Store, name: Option<&str>) -> anyhow::Result<Run> {
     let runs = store.runs().await?;
     match name {
         Some(name) => runs

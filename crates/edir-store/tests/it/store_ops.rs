@@ -41,6 +41,7 @@ fn sample(subcategory: &str, ordinal: i64) -> NewSample {
     NewSample {
         subcategory: subcategory.to_string(),
         ordinal,
+        generation: 0,
         reference: format!("ref-{ordinal}"),
         reference_name: format!("img_{ordinal}.png"),
         seed: ordinal,

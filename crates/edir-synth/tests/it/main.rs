@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, reason = "test code panics on failure by design")]
 
 mod check;
+mod resume;
 mod run;
 mod score;
