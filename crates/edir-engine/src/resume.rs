@@ -385,6 +385,17 @@ pub async fn assess(
             reason,
         })
         .collect();
+    // In pipeline order, subcategories in taxonomy order.
+    let rank = |stage: &str, subcategory: &str| {
+        (
+            plan.position.get(stage).copied().unwrap_or(usize::MAX),
+            selected
+                .iter()
+                .position(|s| s == subcategory)
+                .unwrap_or(usize::MAX),
+        )
+    };
+    out.stale.sort_by_key(|s| rank(&s.stage, &s.subcategory));
     for (stages, samples) in groups {
         out.reopen.push((samples, stages, "stale"));
     }
@@ -433,6 +444,7 @@ pub async fn assess(
         }
     }
     out.failed = failed.into_values().collect();
+    out.failed.sort_by_key(|f| rank(&f.stage, &f.subcategory));
     let mut retry_groups: BTreeMap<Vec<String>, Vec<SampleId>> = BTreeMap::new();
     for (sample, stages) in retry {
         retry_groups
@@ -651,7 +663,7 @@ fn known_stage(stages: &[String], stage: &str) -> Result<(), EngineError> {
 /// This host's name (for worker records).
 #[must_use]
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    fs_err::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())

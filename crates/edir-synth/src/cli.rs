@@ -161,6 +161,7 @@ pub(crate) enum Command {
 
 /// Options of `run`.
 #[derive(Debug, clap::Args)]
+#[expect(clippy::struct_excessive_bools, reason = "command-line flags")]
 pub(crate) struct RunArgs {
     /// The pipeline file.
     pub(crate) pipeline: PathBuf,

@@ -141,15 +141,28 @@ async fn run_async(
     );
     let progress = engine.progress();
     let (intake, hard) = (engine.intake(), engine.hard());
+    let grace = args.grace_period.max(0.0);
+    let watched = progress.clone();
     let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            output::stderr(
-                "\nstopping: no new work is claimed; waiting for in-flight calls (Ctrl-C again to drop them)\n",
-            );
-            intake.cancel();
-        }
-        if tokio::signal::ctrl_c().await.is_ok() {
-            hard.cancel();
+        let mut stop = Signals::new();
+        stop.next().await;
+        output::stderr(&format!(
+            "\nstopping: no new work is claimed; waiting up to {grace:.0} s for the calls in flight: {} \
+             (Ctrl-C again to drop them; the next `run` redoes them)\n",
+            in_flight(&watched)
+        ));
+        intake.cancel();
+        loop {
+            tokio::select! {
+                () = stop.next() => {
+                    output::stderr("dropping the calls in flight\n");
+                    hard.cancel();
+                    return;
+                }
+                () = tokio::time::sleep(Duration::from_secs(5)) => {
+                    output::stderr(&format!("still waiting for: {}\n", in_flight(&watched)));
+                }
+            }
         }
     });
     let metrics = match args.metrics {
@@ -259,6 +272,51 @@ async fn start_sim(pipeline: &Pipeline, args: &RunArgs) -> anyhow::Result<SimSer
         .context("cannot start the simulator")?;
     tracing::info!(url = %server.base_url(), "simulator started (a test double, not a model server)");
     Ok(server)
+}
+
+/// Ctrl-C and SIGTERM, as one stream of stop requests.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// The next Ctrl-C or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = &mut self.term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `instruct 3, target 5` (stages with calls in flight), or `none`.
+fn in_flight(progress: &Progress) -> String {
+    let busy: Vec<String> = progress
+        .stages
+        .iter()
+        .filter_map(|s| {
+            let n = s.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+            (n > 0).then(|| format!("{} {n}", s.id))
+        })
+        .collect();
+    if busy.is_empty() {
+        "none".to_string()
+    } else {
+        busy.join(", ")
+    }
 }
 
 /// Writes (once) enough simulator scenes for the run into `<workdir>/sim-scenes`.

@@ -320,6 +320,11 @@ fn render(report: &Value) -> String {
                 f["example"].as_str().unwrap_or("")
             );
         }
+        let _ = writeln!(
+            text,
+            "  `run` retries transient failures by itself; re-queue others with \
+             `edir-synth retry --failed [--stage S] [--error CLASS]`, and `edir-synth plan` shows which"
+        );
     }
     if let Some(endpoints) = report["endpoints"].as_object() {
         let _ = writeln!(

@@ -27,6 +27,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn is_jsonl(name: &str) -> bool {
+    Path::new(name).extension().is_some_and(|e| e == "jsonl")
+}
+
+/// Sleeps this (test) thread.
+fn pause(duration: Duration) {
+    runtime().block_on(async move { tokio::time::sleep(duration).await });
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -201,7 +210,7 @@ fn export_files(work: &Path) -> BTreeMap<String, Vec<u8>> {
             }
             let name = path.strip_prefix(&root).unwrap().display().to_string();
             let bytes = fs_err::read(&path).unwrap();
-            let bytes = if name.ends_with(".jsonl") {
+            let bytes = if is_jsonl(&name) {
                 text(&bytes)
                     .lines()
                     .map(|line| {
@@ -277,7 +286,7 @@ fn kill_9_at_seeded_moments(reference: &Place, killed: &Place) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(wait);
+        pause(wait);
         if child.try_wait().unwrap().is_none() {
             hit += 1;
         }
@@ -333,11 +342,11 @@ fn signal(child: &std::process::Child, name: &str) {
     assert!(status.success());
 }
 
-/// Ctrl-C exits 130 after the in-flight calls; a second process meanwhile is refused (the
+/// Ctrl-C (or SIGTERM) exits 130 after the in-flight calls; a second process meanwhile is refused (the
 /// store is in use), so is `retry`; the next run resumes and completes.
-fn ctrl_c_and_a_store_in_use(place: &Place) {
-    const QUOTA: u32 = 30;
-    let args = place.run_args(&full(), QUOTA, &[], &["--sim-sizes", "256"]);
+fn ctrl_c_and_a_store_in_use(place: &Place, stop: &str) {
+    const QUOTA: u32 = 12;
+    let args = place.run_args(&full(), QUOTA, &[], &["--sim-sizes", "128"]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_edir-synth"))
         .args(&args)
         .current_dir(repo())
@@ -375,7 +384,7 @@ fn ctrl_c_and_a_store_in_use(place: &Place) {
         if accepted {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        pause(Duration::from_millis(100));
     }
     // A second run on the same store is refused, and so is `retry`.
     let second = edir_synth(&args);
@@ -400,9 +409,14 @@ fn ctrl_c_and_a_store_in_use(place: &Place) {
         text(&retried.stderr)
     );
 
-    signal(&child, "INT");
+    signal(&child, stop);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("waiting up to 30 s for the calls in flight"),
+        "it says what it waits for: {}",
+        text(&out.stderr)
+    );
     let resumed = edir_synth(&args);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     assert_eq!(
@@ -413,13 +427,13 @@ fn ctrl_c_and_a_store_in_use(place: &Place) {
 
 #[test]
 fn ctrl_c_exits_130_a_second_process_is_refused_and_resume_completes() {
-    ctrl_c_and_a_store_in_use(&Place::sqlite());
+    ctrl_c_and_a_store_in_use(&Place::sqlite(), "INT");
 }
 
 #[test]
-fn ctrl_c_exits_130_a_second_process_is_refused_and_resume_completes_on_postgres() {
+fn sigterm_exits_130_a_second_process_is_refused_and_resume_completes_on_postgres() {
     if let Some(place) = Place::postgres() {
-        ctrl_c_and_a_store_in_use(&place);
+        ctrl_c_and_a_store_in_use(&place, "TERM");
     }
 }
 
@@ -544,7 +558,7 @@ fn split_export(
     let prefix = format!("{}", position + 1);
     let (mut mine, mut others) = (Vec::new(), Vec::new());
     for (name, bytes) in files {
-        if name.ends_with(".jsonl") {
+        if is_jsonl(name) {
             for line in text(bytes).lines() {
                 let entry = format!("{name}: {line}");
                 if line.contains(&format!("\"subcategory_id\":\"{subcategory}\"")) {
