@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::images::Images;
+
 /// A query: a reference image and a modification text.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Query {
@@ -101,8 +103,8 @@ const MAX_PROBLEMS: usize = 20;
 pub struct Benchmark {
     /// The folder.
     pub dir: PathBuf,
-    /// Where images are.
-    pub images: PathBuf,
+    /// Where images are: a folder or a (split) tar archive.
+    pub images: Images,
     /// Queries in file order.
     pub queries: Vec<Query>,
     /// Corpus in file order.
@@ -183,16 +185,13 @@ impl Benchmark {
         let queries: Vec<(usize, Query)> = read_jsonl(&queries_path, &mut out);
         let corpus: Vec<(usize, CorpusItem)> = read_jsonl(&corpus_path, &mut out);
         let instances: Vec<(usize, Instance)> = read_jsonl(&instances_path, &mut out);
-        let images = images.map_or_else(
-            || {
-                if dir.join("images").is_dir() {
-                    dir.join("images")
-                } else {
-                    dir.to_path_buf()
-                }
-            },
-            Path::to_path_buf,
-        );
+        let images = match Images::locate(dir, images) {
+            Ok(images) => images,
+            Err(message) => {
+                out.push(images.unwrap_or(dir), None, message);
+                Images::Folder(dir.to_path_buf())
+            }
+        };
 
         let mut query_ids: HashMap<&str, usize> = HashMap::new();
         for (line, query) in &queries {
@@ -268,11 +267,11 @@ impl Benchmark {
                 .map(|(l, q)| (&queries_path, *l, &q.image))
                 .chain(corpus.iter().map(|(l, c)| (&corpus_path, *l, &c.image)));
             for (file, line, image) in referenced {
-                if seen.insert(image.as_str()) && !images.join(image).is_file() {
+                if seen.insert(image.as_str()) && !images.contains(image) {
                     out.push(
                         file,
                         Some(line),
-                        format!("image `{image}` not found in `{}`", images.display()),
+                        format!("image `{image}` not found in {}", images.describe()),
                     );
                 }
             }

@@ -78,12 +78,13 @@ pub async fn embed_benchmark(
     corpus_instruction: &str,
 ) -> Result<(Matrix, Matrix), EmbedError> {
     let read = |name: &str| -> Result<Arc<Vec<u8>>, EmbedError> {
-        let path = bench.images.join(name);
-        fs_err::read(&path)
+        bench
+            .images
+            .read(name)
             .map(Arc::new)
-            .map_err(|e| EmbedError::Image {
-                path: path.display().to_string(),
-                message: e.to_string(),
+            .map_err(|message| EmbedError::Image {
+                path: name.to_string(),
+                message: format!("{message} (images: {})", bench.images.describe()),
             })
     };
     let mut queries = Vec::with_capacity(bench.queries.len());

@@ -121,6 +121,34 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
             text(&out.stdout)
         })
         .collect();
+    // The same benchmark with its images in a split tar archive (as the official release
+    // ships them), read in place: the same scores, embedded afresh (a new cache).
+    let packed = dir.path().join("packed");
+    fs_err::create_dir_all(&packed).unwrap();
+    for file in ["queries.jsonl", "corpus.jsonl", "instances.jsonl"] {
+        fs_err::copy(bench.join(file), packed.join(file)).unwrap();
+    }
+    let split = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -cf - -C '{}' images | split -b 7000 - '{}/imgs_mc.tar.part'",
+            bench.display(),
+            packed.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(split.success());
+    assert!(packed.join("imgs_mc.tar.partab").is_file(), "several parts");
+    let from_tar = edir_synth(&[
+        "score",
+        packed.to_str().unwrap(),
+        "--model",
+        &format!("sim/embed-compose={url}"),
+        "--store",
+        &format!("sqlite://{}", dir.path().join("cache2.sqlite").display()),
+    ]);
+    assert_eq!(from_tar.status.code(), Some(0), "{}", text(&from_tar.stderr));
+    assert_eq!(text(&from_tar.stdout), scored[0], "scores from the archive");
     let _ = sim.kill();
     let _ = sim.wait();
     assert!(scored[0].contains("sim/embed-compose R@1"), "{}", scored[0]);
