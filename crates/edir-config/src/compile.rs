@@ -877,6 +877,8 @@ impl Compiler {
             requests_per_minute,
             tokens_per_minute,
             retry,
+            query_instruction: section.query_instruction.map(|v| v.value),
+            corpus_instruction: section.corpus_instruction.map(|v| v.value),
             api: Api::Unused,
         }
     }

@@ -74,6 +74,10 @@ pub(crate) struct EndpointSection {
     pub(crate) tokens_per_minute: Option<Spanned<i64>>,
     #[serde(default)]
     pub(crate) retry: Option<Spanned<RetrySection>>,
+    #[serde(default)]
+    pub(crate) query_instruction: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) corpus_instruction: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -201,6 +201,13 @@ pub struct Endpoint {
     /// Retry policy of calls to this endpoint.
     #[serde(skip)]
     pub retry: RetryPolicy,
+    /// For an embedding model being scored: the instruction before each query (default: the
+    /// official evaluation's).
+    #[serde(skip)]
+    pub query_instruction: Option<String>,
+    /// For an embedding model being scored: the instruction for corpus images.
+    #[serde(skip)]
+    pub corpus_instruction: Option<String>,
     /// What the pipeline uses it for.
     pub api: Api,
 }

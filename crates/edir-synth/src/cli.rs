@@ -232,6 +232,14 @@ pub(crate) struct ScoreArgs {
     /// so). Repeatable.
     #[arg(long = "model")]
     pub(crate) model: Vec<String>,
+    /// The instruction before each query text, `[MODEL=]TEXT` (repeatable; with `MODEL=` for
+    /// that model only). Default: the pipeline endpoint's `query_instruction`, else the
+    /// official evaluation's.
+    #[arg(long = "query-instruction")]
+    pub(crate) query_instruction: Vec<String>,
+    /// The instruction for corpus images, `[MODEL=]TEXT` (as `--query-instruction`).
+    #[arg(long = "corpus-instruction")]
+    pub(crate) corpus_instruction: Vec<String>,
     /// A pipeline whose embedding endpoints `--model` names refer to.
     #[arg(long)]
     pub(crate) pipeline: Option<PathBuf>,

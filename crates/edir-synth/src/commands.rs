@@ -338,6 +338,22 @@ fn score(args: &crate::cli::ScoreArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// The `--query-instruction` / `--corpus-instruction` for `model`: a `MODEL=TEXT` naming it
+/// wins over a plain `TEXT` (the last of each kind); `OTHER=TEXT` for another of the `models`
+/// scored is not for this one; any other text is plain, `=` and all.
+fn pick(specs: &[String], model: &str, models: &[&str]) -> Option<String> {
+    let mut plain = None;
+    let mut own = None;
+    for spec in specs {
+        match spec.split_once('=') {
+            Some((name, text)) if name == model => own = Some(text.to_string()),
+            Some((name, _)) if models.contains(&name) => {}
+            _ => plain = Some(spec.clone()),
+        }
+    }
+    own.or(plain)
+}
+
 /// Embeds and scores `--model` specs through their endpoints; `Err(message)` for a model that
 /// cannot be reached or embedded (exit 2).
 fn score_endpoints(
@@ -357,6 +373,11 @@ fn score_endpoints(
         .as_ref()
         .map(|p| edir_engine::endpoint_configs(p, Some(edir_config::Api::Embeddings), &lookup))
         .unwrap_or_default();
+    let names: Vec<&str> = args
+        .model
+        .iter()
+        .map(|spec| spec.split_once('=').map_or(spec.as_str(), |(name, _)| name))
+        .collect();
     let mut endpoints = Vec::new();
     for spec in &args.model {
         let (name, url) = match spec.split_once('=') {
@@ -389,7 +410,14 @@ fn score_endpoints(
                 )));
             }
         };
-        endpoints.push(config);
+        let mut instructions = crate::run::Instructions::of(pipeline.as_ref(), &name);
+        if let Some(text) = pick(&args.query_instruction, &name, &names) {
+            instructions.query = text;
+        }
+        if let Some(text) = pick(&args.corpus_instruction, &name, &names) {
+            instructions.corpus = text;
+        }
+        endpoints.push((config, instructions));
     }
     let url = match &args.store {
         Some(url) => edir_store::StoreUrl::parse(url)?,
@@ -402,8 +430,8 @@ fn score_endpoints(
     runtime.block_on(async {
         let store = edir_store::Store::open(&url).await?;
         let mut scored = Vec::new();
-        for config in endpoints {
-            match crate::run::score_endpoint(bench, config, &store, options).await {
+        for (config, instructions) in endpoints {
+            match crate::run::score_endpoint(bench, config, &instructions, &store, options).await {
                 Ok(result) => scored.push(result),
                 Err(message) => return Ok(Err(message)),
             }

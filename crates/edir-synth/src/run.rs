@@ -564,10 +564,12 @@ async fn score(
                 config
             }
         };
+        let instructions = Instructions::of(Some(pipeline), name);
         results.push(
             score_endpoint(
                 &bench,
                 config,
+                &instructions,
                 store,
                 &edir_retrieval::ScoreOptions::default(),
             )
@@ -597,11 +599,40 @@ pub(crate) type Scored = (
     Vec<Vec<edir_retrieval::Ranked>>,
 );
 
-/// Connects one embedding endpoint, embeds `bench` through it (vectors cached in `store`)
-/// and ranks it; `Err` says which model failed and why.
+/// The instructions an embedding model is scored with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Instructions {
+    /// Before each query text.
+    pub(crate) query: String,
+    /// For corpus images.
+    pub(crate) corpus: String,
+}
+
+impl Instructions {
+    /// The pipeline endpoint's (`name` is its name or model), else the official evaluation's.
+    pub(crate) fn of(pipeline: Option<&Pipeline>, name: &str) -> Self {
+        let endpoint = pipeline.and_then(|p| {
+            p.endpoints
+                .values()
+                .find(|e| e.name == name || e.model == name)
+        });
+        Self {
+            query: endpoint
+                .and_then(|e| e.query_instruction.clone())
+                .unwrap_or_else(|| edir_retrieval::QUERY_INSTRUCTION.to_string()),
+            corpus: endpoint
+                .and_then(|e| e.corpus_instruction.clone())
+                .unwrap_or_else(|| edir_retrieval::CORPUS_INSTRUCTION.to_string()),
+        }
+    }
+}
+
+/// Connects one embedding endpoint, embeds `bench` through it with `instructions` (vectors
+/// cached in `store`) and ranks it; `Err` says which model failed and why.
 pub(crate) async fn score_endpoint(
     bench: &edir_dataset::Benchmark,
     config: edir_model::EndpointConfig,
+    instructions: &Instructions,
     store: &Store,
     options: &edir_retrieval::ScoreOptions,
 ) -> Result<Scored, String> {
@@ -614,8 +645,8 @@ pub(crate) async fn score_endpoint(
         bench,
         &endpoint,
         Some(store),
-        edir_retrieval::QUERY_INSTRUCTION,
-        edir_retrieval::CORPUS_INSTRUCTION,
+        &instructions.query,
+        &instructions.corpus,
     )
     .await
     .map_err(|error| format!("cannot embed the benchmark with `{label}`\n  Caused by: {error}"))?;

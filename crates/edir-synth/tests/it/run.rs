@@ -149,6 +149,39 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
     ]);
     assert_eq!(from_tar.status.code(), Some(0), "{}", text(&from_tar.stderr));
     assert_eq!(text(&from_tar.stdout), scored[0], "scores from the archive");
+    // Per-model instructions: a new query instruction embeds the queries again (cached apart).
+    let instructions = |cache: &str| {
+        let cache = cache.to_string();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::SqliteConnection::connect(&cache).await.unwrap();
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(DISTINCT instruction) FROM embeddings")
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap();
+                n
+            })
+    };
+    assert_eq!(instructions(&cache), 2, "the official query and corpus instructions");
+    let custom = edir_synth(&[
+        "score",
+        bench.to_str().unwrap(),
+        "--model",
+        &format!("sim/embed-compose={url}"),
+        "--query-instruction",
+        "sim/embed-compose=Find this image, changed: ",
+        "--query-instruction",
+        "other-model=Never used: ",
+        "--store",
+        &cache,
+    ]);
+    assert_eq!(custom.status.code(), Some(0), "{}", text(&custom.stderr));
+    assert_eq!(instructions(&cache), 3, "one more query instruction, the same corpus one");
     let _ = sim.kill();
     let _ = sim.wait();
     assert!(scored[0].contains("sim/embed-compose R@1"), "{}", scored[0]);
