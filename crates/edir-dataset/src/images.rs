@@ -46,7 +46,10 @@ impl Images {
             if path.is_file() {
                 return Ok(Self::Tar(TarImages::open(&parts_of(path))?));
             }
-            return Err(format!("`{}` is neither a folder nor an archive", path.display()));
+            return Err(format!(
+                "`{}` is neither a folder nor an archive",
+                path.display()
+            ));
         }
         if dir.join("images").is_dir() {
             return Ok(Self::Folder(dir.join("images")));
@@ -110,7 +113,10 @@ impl Images {
 /// `path` and, for a part of a split archive (`x.tar.partNN`), all its sibling parts, in
 /// stream order (by suffix: numerically when every suffix is a number, else by name).
 fn parts_of(path: &Path) -> Vec<PathBuf> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let Some(at) = name.find(".tar.part") else {
         return vec![path.to_path_buf()];
     };
@@ -220,7 +226,13 @@ impl TarImages {
             let sum: u64 = header
                 .iter()
                 .enumerate()
-                .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+                .map(|(i, b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        u64::from(*b)
+                    }
+                })
                 .sum();
             if stored != sum {
                 return Err(broken());
@@ -333,7 +345,12 @@ mod tests {
         member(&mut tar, "imgs_mc/", b"", b'5');
         member(&mut tar, "imgs_mc/a.png", b"first image", b'0');
         let long = format!("imgs_mc/{}/b.png", "d".repeat(120));
-        member(&mut tar, "././@LongLink", format!("{long}\0").as_bytes(), b'L');
+        member(
+            &mut tar,
+            "././@LongLink",
+            format!("{long}\0").as_bytes(),
+            b'L',
+        );
         member(&mut tar, "imgs_mc/truncated-name", &vec![7u8; 1500], b'0');
         member(&mut tar, "x", b"22 path=imgs_mc/c.png\n", b'x');
         member(&mut tar, "imgs_mc/ignored", b"third", b'0');
@@ -343,7 +360,8 @@ mod tests {
         let mut from = 0;
         for (i, to) in cuts.iter().enumerate() {
             fs_err::write(
-                dir.path().join(format!("imgs_mc.tar.part{}", ["aa", "ab", "ac"][i])),
+                dir.path()
+                    .join(format!("imgs_mc.tar.part{}", ["aa", "ab", "ac"][i])),
                 &tar[from..*to],
             )
             .unwrap();
@@ -357,7 +375,11 @@ mod tests {
         assert!(images.contains("imgs_mc/a.png"));
         assert!(!images.contains("zzz.png"));
         assert!(images.read("zzz.png").unwrap_err().contains("no member"));
-        assert!(images.describe().contains("3 parts"), "{}", images.describe());
+        assert!(
+            images.describe().contains("3 parts"),
+            "{}",
+            images.describe()
+        );
         // Given one part explicitly, the others are found.
         let given = Images::locate(
             Path::new("/nonexistent"),

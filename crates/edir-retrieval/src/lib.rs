@@ -3,6 +3,7 @@
 //! per category and per subcategory.
 #![warn(missing_docs)]
 
+mod chart;
 mod embed;
 mod matrix;
 mod metrics;

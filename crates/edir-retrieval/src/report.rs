@@ -118,6 +118,11 @@ pub fn write(
     )?;
     let owned: Vec<ModelResult> = results.iter().map(|(r, _)| r.clone()).collect();
     fs_err::write(out.join("results.md"), markdown(&owned))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    crate::chart::recall_chart(&summaries)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(std::io::Error::other)?;
+    fs_err::write(out.join("recall_at_1.png"), png.into_inner())?;
     for (result, ranked) in results {
         let name = if results.len() == 1 {
             "predictions.json".to_string()

@@ -147,7 +147,12 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
         "--store",
         &format!("sqlite://{}", dir.path().join("cache2.sqlite").display()),
     ]);
-    assert_eq!(from_tar.status.code(), Some(0), "{}", text(&from_tar.stderr));
+    assert_eq!(
+        from_tar.status.code(),
+        Some(0),
+        "{}",
+        text(&from_tar.stderr)
+    );
     assert_eq!(text(&from_tar.stdout), scored[0], "scores from the archive");
     // Per-model instructions: a new query instruction embeds the queries again (cached apart).
     let instructions = |cache: &str| {
@@ -167,7 +172,11 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
                 n
             })
     };
-    assert_eq!(instructions(&cache), 2, "the official query and corpus instructions");
+    assert_eq!(
+        instructions(&cache),
+        2,
+        "the official query and corpus instructions"
+    );
     let custom = edir_synth(&[
         "score",
         bench.to_str().unwrap(),
@@ -181,7 +190,11 @@ fn run_on_the_simulator_exports_scores_and_reports_status() {
         &cache,
     ]);
     assert_eq!(custom.status.code(), Some(0), "{}", text(&custom.stderr));
-    assert_eq!(instructions(&cache), 3, "one more query instruction, the same corpus one");
+    assert_eq!(
+        instructions(&cache),
+        3,
+        "one more query instruction, the same corpus one"
+    );
     let _ = sim.kill();
     let _ = sim.wait();
     assert!(scored[0].contains("sim/embed-compose R@1"), "{}", scored[0]);
