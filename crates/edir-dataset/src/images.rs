@@ -61,7 +61,8 @@ impl Images {
                     .map(|e| e.path())
                     .filter(|p| {
                         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                        name.contains(".tar.part") || name.ends_with(".tar")
+                        name.contains(".tar.part")
+                            || p.extension().is_some_and(|e| e.eq_ignore_ascii_case("tar"))
                     })
                     .collect()
             })
@@ -211,7 +212,7 @@ impl TarImages {
             .unwrap_or_default();
         let mut offset = 0u64;
         let mut long_name: Option<String> = None;
-        let mut header = [0u8; BLOCK as usize];
+        let mut header = [0u8; 512];
         while offset + BLOCK <= total {
             tar.read_at(offset, &mut header)?;
             if header.iter().all(|b| *b == 0) {

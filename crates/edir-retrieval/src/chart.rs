@@ -24,7 +24,6 @@ const LABELS: u32 = 300;
 const PLOT: u32 = 560;
 
 /// The 5x7 glyph of `c` (rows top to bottom, bit 4 = left column); `None` draws a box.
-#[expect(clippy::too_many_lines, reason = "a font table")]
 fn glyph(c: char) -> Option<[u8; 7]> {
     Some(match c.to_ascii_uppercase() {
         ' ' => [0; 7],
