@@ -241,7 +241,7 @@ mod tests {
         let bar_len = |group: u32, model: u32, colour: Rgb<u8>| {
             let legend_h = 2 * (7 * SCALE + 8) + 16;
             let y = 40 + legend_h + group * (2 * BAR + 10) + model * BAR + BAR / 2;
-            (LABELS..LABELS + PLOT + 1)
+            (LABELS..=LABELS + PLOT)
                 .filter(|x| *img.get_pixel(*x, y) == colour)
                 .count()
         };
