@@ -5,6 +5,8 @@
 
 mod chart;
 mod embed;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 mod matrix;
 mod metrics;
 mod report;
@@ -33,6 +35,9 @@ pub struct ScoreOptions {
     pub exclude_reference: bool,
     /// Threads.
     pub threads: usize,
+    /// Rank on the GPU when one is usable (builds with the `cuda` feature; otherwise, and
+    /// where CUDA cannot be loaded, the CPU ranks).
+    pub gpu: bool,
 }
 
 impl Default for ScoreOptions {
@@ -41,6 +46,7 @@ impl Default for ScoreOptions {
             candidates_only: false,
             exclude_reference: false,
             threads: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            gpu: true,
         }
     }
 }
@@ -125,6 +131,23 @@ pub fn rank(
             .map(|q| by_image.get(q.image.as_str()).copied())
             .collect()
     });
+    #[cfg(feature = "cuda")]
+    if options.gpu {
+        match gpu::shared() {
+            Ok(gpu) => {
+                let gpu = gpu
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match gpu.search(queries, corpus, &ranks, k, exclude.as_deref()) {
+                    Ok(ranked) => return Ok(ranked),
+                    Err(error) => {
+                        tracing::warn!(gpu = gpu.name(), %error, "the GPU scorer failed; ranking on the CPU");
+                    }
+                }
+            }
+            Err(why) => tracing::info!(%why, "no GPU for scoring; ranking on the CPU"),
+        }
+    }
     Ok(search(
         queries,
         corpus,

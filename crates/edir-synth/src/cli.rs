@@ -220,6 +220,7 @@ pub(crate) struct RunArgs {
 
 /// Options of `score`.
 #[derive(Debug, clap::Args)]
+#[expect(clippy::struct_excessive_bools, reason = "command-line flags")]
 pub(crate) struct ScoreArgs {
     /// The benchmark folder (`queries.jsonl`, `corpus.jsonl`, `instances.jsonl`).
     pub(crate) bench: PathBuf,
@@ -261,4 +262,7 @@ pub(crate) struct ScoreArgs {
     /// Remove a query's reference image from its own ranking (CIRR-style).
     #[arg(long)]
     pub(crate) exclude_reference: bool,
+    /// Rank on the CPU even when a GPU is usable (builds with the `cuda` feature only).
+    #[arg(long)]
+    pub(crate) cpu: bool,
 }

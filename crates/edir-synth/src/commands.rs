@@ -290,6 +290,7 @@ fn score(args: &crate::cli::ScoreArgs) -> anyhow::Result<u8> {
     let options = edir_retrieval::ScoreOptions {
         candidates_only: args.candidates_only,
         exclude_reference: args.exclude_reference,
+        gpu: !args.cpu,
         ..edir_retrieval::ScoreOptions::default()
     };
     let mut results = Vec::new();
