@@ -13,21 +13,18 @@ use std::time::Duration;
 
 use edir_config::Pipeline;
 use edir_model::Endpoint;
-use edir_store::{
-    ArtifactStore, Claim, Completion, Failure, HandOff, NewSample, Outcome, RunId, RunState,
-    SampleId, SampleState, Step, Store, Then,
-};
+use edir_store::{ArtifactStore, Claim, RunId, RunState, SampleId, SampleState, Step, Store};
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::context::{ContextCache, Output, SampleContext};
+use crate::context::{ContextCache, SampleContext};
 use crate::error::EngineError;
-use crate::operator::{Operators, TaskError, Verdict};
+use crate::operator::Operators;
 use crate::plan::StagePlan;
 use crate::progress::{Progress, SubcategoryProgress};
-use crate::source::{self, Reference, ReferencePool};
+use crate::source::ReferencePool;
 
 /// How a run is to be done; the pipeline says what.
 #[derive(Debug, Clone)]
@@ -116,38 +113,38 @@ impl RunSummary {
 }
 
 /// A result on its way to the writer.
-struct Written {
-    step: Step,
-    stage: usize,
-    sample: SampleId,
-    context: Option<Arc<SampleContext>>,
-    error_class: Option<String>,
-    rejected: bool,
-    skipped: bool,
-    latency_s: Option<f64>,
+pub(crate) struct Written {
+    pub(crate) step: Step,
+    pub(crate) stage: usize,
+    pub(crate) sample: SampleId,
+    pub(crate) context: Option<Arc<SampleContext>>,
+    pub(crate) error_class: Option<String>,
+    pub(crate) rejected: bool,
+    pub(crate) skipped: bool,
+    pub(crate) latency_s: Option<f64>,
 }
 
-struct Shared {
-    pipeline: Arc<Pipeline>,
-    store: Store,
-    run: RunId,
-    owner: String,
-    options: RunOptions,
-    plan: StagePlan,
-    needs: Vec<Vec<(String, i64)>>,
+pub(crate) struct Shared {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) store: Store,
+    pub(crate) run: RunId,
+    pub(crate) owner: String,
+    pub(crate) options: RunOptions,
+    pub(crate) plan: StagePlan,
+    pub(crate) needs: Vec<Vec<(String, i64)>>,
     /// By stage position: the stage part of its tasks' cache keys.
-    stage_keys: Vec<String>,
+    pub(crate) stage_keys: Vec<String>,
     /// Accepted-sample quota per subcategory (checked when a sample is accepted).
-    quotas: HashMap<String, u64>,
-    operators: Operators,
-    cache: ContextCache,
-    progress: Arc<Progress>,
-    wake: Vec<Notify>,
+    pub(crate) quotas: HashMap<String, u64>,
+    pub(crate) operators: Operators,
+    pub(crate) cache: ContextCache,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) wake: Vec<Notify>,
     /// Per stage: tasks the writer leased in its checkpoint and hands straight on.
-    handoff: Vec<mpsc::UnboundedSender<Claim>>,
-    drawer: Notify,
-    intake: CancellationToken,
-    hard: CancellationToken,
+    pub(crate) handoff: Vec<mpsc::UnboundedSender<Claim>>,
+    pub(crate) drawer: Notify,
+    pub(crate) intake: CancellationToken,
+    pub(crate) hard: CancellationToken,
 }
 
 /// The engine: a pipeline, a store, and the connected endpoints.
@@ -437,11 +434,11 @@ impl Engine {
 
         let (tx, rx) = mpsc::channel::<Written>(shared.options.batch * 8);
         let tracker = TaskTracker::new();
-        let writer = tokio::spawn(writer(shared.clone(), rx));
-        let renewer = tokio::spawn(renew(shared.clone()));
+        let writer = tokio::spawn(crate::writer::writer(shared.clone(), rx));
+        let renewer = tokio::spawn(crate::dispatch::renew(shared.clone()));
         let mut dispatchers = Vec::new();
         for (index, handed) in handoff_rx.drain(..).enumerate() {
-            dispatchers.push(tokio::spawn(dispatch(
+            dispatchers.push(tokio::spawn(crate::dispatch::dispatch(
                 shared.clone(),
                 index,
                 handed,
@@ -450,7 +447,7 @@ impl Engine {
             )));
         }
         drop(tx);
-        let drawer = Drawer {
+        let drawer = crate::drawer::Drawer {
             shared: shared.clone(),
             artifacts: self.artifacts.clone(),
             pool,
@@ -607,659 +604,4 @@ fn run_settings(pipeline: &Pipeline, selected: &[String], quota: Option<u32>) ->
         "quota": quotas,
         "prompts": prompts,
     })
-}
-
-/// Extends this owner's leases while it works, so a lease outlives slow calls, and puts
-/// expired leases (a crashed worker's) back to `ready`, so they are redone within a lease
-/// and a third.
-async fn renew(shared: Arc<Shared>) {
-    let every = shared.options.lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(error) = shared.store.heartbeat(&shared.owner).await {
-            tracing::warn!(%error, "cannot record this worker's heartbeat");
-        }
-        if let Err(error) = shared
-            .store
-            .renew_leases(&shared.run, &shared.owner, shared.options.lease)
-            .await
-        {
-            tracing::warn!(%error, "cannot renew leases");
-        }
-        // Tasks of a worker that died become claimable again once their lease expired.
-        match shared
-            .store
-            .reclaim_expired(&shared.run, &shared.owner)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(tasks = n, "reclaimed tasks whose lease expired");
-                for wake in &shared.wake {
-                    wake.notify_one();
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot reclaim expired leases"),
-        }
-    }
-}
-
-async fn dispatch(
-    shared: Arc<Shared>,
-    index: usize,
-    mut handed: mpsc::UnboundedReceiver<Claim>,
-    tx: mpsc::Sender<Written>,
-    tracker: TaskTracker,
-) {
-    let stage = &shared.pipeline.stages[index];
-    let capacity = match stage.op.endpoint() {
-        Some(name) => shared
-            .pipeline
-            .endpoints
-            .get(name)
-            .map_or(16, |e| e.max_in_flight as usize),
-        None => shared.options.filter_concurrency,
-    }
-    .max(1);
-    let permits = Arc::new(Semaphore::new(capacity));
-    let mut pending: std::collections::VecDeque<Claim> = std::collections::VecDeque::new();
-    let mut look = true;
-    loop {
-        if shared.intake.is_cancelled() {
-            return;
-        }
-        while let Ok(claim) = handed.try_recv() {
-            pending.push_back(claim);
-        }
-        while permits.available_permits() > 0
-            && let Some(claim) = pending.pop_front()
-        {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            spawn_task(&shared, index, claim, permit, &tx, &tracker);
-        }
-        if !pending.is_empty() {
-            tokio::select! {
-                permit = permits.clone().acquire_owned() => drop(permit),
-                () = shared.intake.cancelled() => return,
-            }
-            continue;
-        }
-        let free = permits.available_permits();
-        if look && free > 0 {
-            let limit = u32::try_from(free.min(shared.options.batch)).unwrap_or(u32::MAX);
-            let started = std::time::Instant::now();
-            match shared
-                .store
-                .claim(
-                    &shared.run,
-                    &stage.id,
-                    &shared.owner,
-                    limit,
-                    shared.options.lease,
-                )
-                .await
-            {
-                Ok(claims) => {
-                    tracing::debug!(stage = %stage.id, claimed = claims.len(), ms = started.elapsed().as_secs_f64() * 1e3, "claim");
-                    // A full batch: there may be more.
-                    look = claims.len() == limit as usize;
-                    pending.extend(claims);
-                }
-                Err(error) => {
-                    tracing::error!(stage = %stage.id, %error, "cannot claim tasks");
-                    look = false;
-                }
-            }
-            continue;
-        }
-        tokio::select! {
-            claim = handed.recv() => match claim {
-                Some(claim) => pending.push_back(claim),
-                None => return,
-            },
-            () = shared.wake[index].notified() => look = true,
-            () = tokio::time::sleep(shared.options.poll) => look = true,
-            () = shared.intake.cancelled() => return,
-        }
-    }
-}
-
-fn spawn_task(
-    shared: &Arc<Shared>,
-    index: usize,
-    claim: Claim,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    tx: &mpsc::Sender<Written>,
-    tracker: &TaskTracker,
-) {
-    let shared = shared.clone();
-    let tx = tx.clone();
-    tracker.spawn(async move {
-        let progress = &shared.progress.stages[index];
-        progress.in_flight.fetch_add(1, Ordering::Relaxed);
-        let written = tokio::select! {
-            written = execute(&shared, index, claim) => Some(written),
-            () = shared.hard.cancelled() => None,
-        };
-        progress.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(written) = written {
-            let _ = tx.send(written).await;
-        }
-        drop(permit);
-    });
-}
-
-async fn execute(shared: &Shared, index: usize, claim: Claim) -> Written {
-    let stage = &shared.pipeline.stages[index];
-    let sink = shared.plan.sinks.contains(&stage.id);
-    let context = shared
-        .cache
-        .get(&shared.store, &claim.sample, &shared.needs[index])
-        .await;
-    let result = match &context {
-        Ok(context) => shared.operators.run(stage, claim.item, context).await,
-        Err(error) => Err(TaskError {
-            class: "internal".into(),
-            message: error.to_string(),
-        }),
-    };
-    let context = context.ok();
-    let quota = context
-        .as_ref()
-        .and_then(|c| shared.quotas.get(&c.subcategory))
-        .copied()
-        .unwrap_or(u64::MAX);
-    match result {
-        Ok(output) => {
-            let (then, rejected) = match &output.verdict {
-                Verdict::Reject(reason) => (
-                    Then::Decide {
-                        state: SampleState::Rejected,
-                        reason: reason.clone(),
-                    },
-                    true,
-                ),
-                Verdict::Continue if sink => (Then::AcceptIfComplete { quota }, false),
-                Verdict::Continue => (Then::Continue, false),
-            };
-            let cache_key = context.as_ref().map(|context| {
-                let upstream: Vec<(&str, i64, Option<Output>)> = shared.needs[index]
-                    .iter()
-                    .map(|(s, i)| (s.as_str(), *i, context.get(s, *i)))
-                    .collect();
-                crate::key::task_key(
-                    &shared.stage_keys[index],
-                    context.seed,
-                    claim.item,
-                    &upstream,
-                )
-            });
-            if let Some(context) = &context {
-                context.put(
-                    &stage.id,
-                    claim.item,
-                    Output {
-                        json: output.json.clone(),
-                        artifact: output.artifact.clone(),
-                        skipped: output.skipped,
-                    },
-                );
-            }
-            #[expect(clippy::cast_precision_loss, reason = "seconds for metrics")]
-            let latency_s = output.latency_ms.map(|ms| ms as f64 / 1000.0);
-            let completion = Completion {
-                task: claim.id,
-                owner: claim.owner.clone(),
-                attempt: claim.attempt,
-                outcome: if output.skipped {
-                    Outcome::Skipped
-                } else {
-                    Outcome::Done
-                },
-                output_json: (!output.skipped).then(|| output.json.to_string()),
-                output_artifact: output.artifact,
-                cache_key,
-                endpoint: output.replica,
-                latency_ms: output.latency_ms,
-                prompt_tokens: output.prompt_tokens,
-                completion_tokens: output.completion_tokens,
-            };
-            Written {
-                step: Step::Complete {
-                    completion,
-                    sample: claim.sample.clone(),
-                    stage: stage.id.clone(),
-                    then,
-                },
-                stage: index,
-                sample: claim.sample,
-                context,
-                error_class: None,
-                rejected,
-                skipped: output.skipped,
-                latency_s,
-            }
-        }
-        Err(error) => {
-            tracing::debug!(stage = %stage.id, sample = %claim.sample, class = %error.class, message = %error.message, "task failed");
-            let reason = format!("{}: {}: {}", stage.id, error.class, error.message);
-            Written {
-                step: Step::Fail {
-                    failure: Failure {
-                        task: claim.id,
-                        owner: claim.owner.clone(),
-                        attempt: claim.attempt,
-                        class: error.class.clone(),
-                        message: error.message,
-                        retry_at: None,
-                    },
-                    sample: claim.sample.clone(),
-                    stage: stage.id.clone(),
-                    then: Then::Decide {
-                        state: SampleState::Failed,
-                        reason,
-                    },
-                },
-                stage: index,
-                sample: claim.sample,
-                context,
-                error_class: Some(error.class),
-                rejected: false,
-                skipped: false,
-                latency_s: None,
-            }
-        }
-    }
-}
-
-/// Checkpoints results in batches; returns when every sender is gone and the queue is empty.
-async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Written>) -> Result<(), EngineError> {
-    let mut batch: Vec<Written> = Vec::with_capacity(shared.options.batch);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < shared.options.batch {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let steps: Vec<Step> = batch.iter().map(|w| w.step.clone()).collect();
-        let mut attempt = 0;
-        let started = std::time::Instant::now();
-        let outcome = loop {
-            let hand_off = (!shared.intake.is_cancelled()).then(|| HandOff {
-                owner: shared.owner.clone(),
-                lease: shared.options.lease,
-            });
-            match shared
-                .store
-                .checkpoint(&shared.run, &shared.owner, &steps, hand_off.as_ref())
-                .await
-            {
-                Ok(outcome) => {
-                    tracing::debug!(
-                        results = steps.len(),
-                        ms = started.elapsed().as_secs_f64() * 1e3,
-                        "checkpoint"
-                    );
-                    break outcome;
-                }
-                Err(error) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "checkpoint failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(error) => {
-                    // Nothing of this batch is written; stop the run (resume redoes it).
-                    tracing::error!(%error, "checkpoint failed for good; stopping the run");
-                    shared.intake.cancel();
-                    shared.hard.cancel();
-                    return Err(error.into());
-                }
-            }
-        };
-        shared.progress.checkpoints.fetch_add(1, Ordering::Relaxed);
-        let lost: HashSet<_> = outcome.lost.iter().copied().collect();
-        let mut woken = vec![false; shared.pipeline.stages.len()];
-        // Which subcategory each sample of the batch belongs to, and which stage rejected it.
-        let mut subcategory_of: HashMap<&SampleId, String> = HashMap::new();
-        let mut rejected_by: HashMap<&SampleId, usize> = HashMap::new();
-        for w in &batch {
-            let task = match &w.step {
-                Step::Complete { completion, .. } => completion.task,
-                Step::Fail { failure, .. } => failure.task,
-            };
-            let progress = &shared.progress.stages[w.stage];
-            if lost.contains(&task) {
-                tracing::warn!(task = %task, sample = %w.sample, "lease lost; the result was not written");
-                shared.cache.remove(&w.sample);
-                continue;
-            }
-            if let Some(class) = &w.error_class {
-                progress.error(class);
-            } else if w.skipped {
-                progress.skipped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                progress.done.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(latency) = w.latency_s {
-                progress.observe(latency);
-            }
-            if let Some(context) = &w.context {
-                subcategory_of.insert(&w.sample, context.subcategory.clone());
-            }
-            if w.rejected {
-                rejected_by.insert(&w.sample, w.stage);
-            }
-            for &i in &shared.plan.dependents_at[w.stage] {
-                woken[i] = true;
-            }
-        }
-        // Each decision counts once, however many results of its sample the batch holds.
-        for (sample, state) in &outcome.decided {
-            let subcategory = match subcategory_of.get(sample) {
-                Some(s) => s.clone(),
-                None => shared.store.sample(sample).await?.subcategory,
-            };
-            if *state == SampleState::Rejected
-                && let Some(stage) = rejected_by.get(sample)
-            {
-                shared.progress.stages[*stage]
-                    .rejected
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            let mut subs = shared
-                .progress
-                .subcategories
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(sub) = subs.iter_mut().find(|s| s.id == subcategory) {
-                sub.active = sub.active.saturating_sub(1);
-                match state {
-                    SampleState::Accepted => sub.accepted += 1,
-                    SampleState::Rejected => sub.rejected += 1,
-                    _ => sub.failed += 1,
-                }
-            }
-            drop(subs);
-            shared.cache.remove(sample);
-        }
-        // What the checkpoint made ready is leased to us: hand it straight on.
-        let handed = outcome.leased.len();
-        for claim in outcome.leased {
-            if let Some(&i) = shared.plan.position.get(&claim.stage) {
-                let _ = shared.handoff[i].send(claim);
-            }
-        }
-        if handed == 0 {
-            for (i, wake) in woken.iter().enumerate() {
-                if *wake {
-                    shared.wake[i].notify_one();
-                }
-            }
-        }
-        if !outcome.decided.is_empty() {
-            shared.drawer.notify_one();
-        }
-        batch.clear();
-    }
-    Ok(())
-}
-
-/// Draws new samples while subcategories need them.
-struct Drawer {
-    shared: Arc<Shared>,
-    artifacts: ArtifactStore,
-    pool: ReferencePool,
-    /// References that cannot be used.
-    bad: HashSet<String>,
-    /// Per subcategory, how often each reference was drawn (replayed on resume).
-    used: HashMap<String, HashMap<String, u32>>,
-    /// Reference name -> (artifact hash) of references already loaded.
-    loaded: HashMap<String, String>,
-    /// Per subcategory: (pass, position) in its permutation walk.
-    cursors: HashMap<String, (u64, usize, Vec<usize>)>,
-    /// Per subcategory regenerated whole: the generation its new samples get.
-    generations: BTreeMap<String, i64>,
-    max_active: usize,
-}
-
-/// Samples added per transaction.
-const DRAW_BATCH: usize = 64;
-
-impl Drawer {
-    /// Returns `Ok(true)` when every subcategory finished, `Ok(false)` when interrupted.
-    async fn run(mut self) -> Result<bool, EngineError> {
-        let shared = self.shared.clone();
-        loop {
-            if shared.intake.is_cancelled() {
-                return Ok(false);
-            }
-            let subs = shared.progress.subcategories();
-            if subs.iter().all(SubcategoryProgress::finished) {
-                return Ok(true);
-            }
-            let active: u64 = subs.iter().map(|s| s.active).sum();
-            let mut room = u64::try_from(self.max_active)
-                .unwrap_or(u64::MAX)
-                .saturating_sub(active);
-            // Round-robin over subcategories, one sample each per turn.
-            let mut demand: Vec<(String, u64, u64)> = subs
-                .iter()
-                .filter(|s| s.demand() > 0)
-                .map(|s| (s.id.clone(), s.demand(), s.drawn))
-                .collect();
-            let mut drawn: Vec<NewSample> = Vec::new();
-            while room > 0 && demand.iter().any(|d| d.1 > 0) {
-                for (id, want, next) in &mut demand {
-                    if *want == 0 || room == 0 {
-                        continue;
-                    }
-                    let ordinal = *next;
-                    match self.draw(id, ordinal).await? {
-                        Some(sample) => {
-                            drawn.push(sample);
-                            *want -= 1;
-                            *next += 1;
-                            room -= 1;
-                        }
-                        None => {
-                            // No usable reference is left: this subcategory's budget ends
-                            // here; it finishes with what it has.
-                            *want = 0;
-                            tracing::warn!(subcategory = %id, "no usable reference image left");
-                            let mut subs = shared
-                                .progress
-                                .subcategories
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner);
-                            if let Some(sub) = subs.iter_mut().find(|s| s.id == *id) {
-                                sub.budget = ordinal;
-                            }
-                        }
-                    }
-                }
-                if drawn.len() >= DRAW_BATCH {
-                    self.add(std::mem::take(&mut drawn)).await?;
-                }
-            }
-            if !drawn.is_empty() {
-                self.add(drawn).await?;
-            }
-            tokio::select! {
-                () = shared.drawer.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = shared.intake.cancelled() => return Ok(false),
-            }
-        }
-    }
-
-    async fn add(&self, samples: Vec<NewSample>) -> Result<(), EngineError> {
-        let shared = &self.shared;
-        let ids = shared.store.add_samples(&shared.run, &samples).await?;
-        {
-            let mut subs = shared
-                .progress
-                .subcategories
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (id, sample) in ids.iter().zip(&samples) {
-                shared.cache.insert(Arc::new(SampleContext::new(
-                    id.clone(),
-                    sample.subcategory.clone(),
-                    crate::context::effective_seed(sample.seed, sample.generation),
-                    sample.reference.clone(),
-                    sample.reference_name.clone(),
-                )));
-                if let Some(sub) = subs.iter_mut().find(|s| s.id == sample.subcategory) {
-                    sub.active += 1;
-                    sub.drawn = sub
-                        .drawn
-                        .max(u64::try_from(sample.ordinal + 1).unwrap_or(0));
-                }
-            }
-        }
-        for root in &shared.plan.roots {
-            if let Some(&i) = shared.plan.position.get(root) {
-                shared.wake[i].notify_one();
-            }
-        }
-        Ok(())
-    }
-
-    /// The sample with this ordinal, or `None` when no usable reference is left.
-    async fn draw(
-        &mut self,
-        subcategory: &str,
-        ordinal: u64,
-    ) -> Result<Option<NewSample>, EngineError> {
-        let pipeline = self.shared.pipeline.clone();
-        let seed = pipeline.seed.to_string();
-        loop {
-            let Some(reference) = self.next_reference(subcategory, ordinal, &seed) else {
-                return Ok(None);
-            };
-            let hash = match self.loaded.get(&reference.name) {
-                Some(hash) => hash.clone(),
-                None => {
-                    let (max_side, max_mb) =
-                        (pipeline.source.max_side, pipeline.source.max_file_mb);
-                    let artifacts = self.artifacts.clone();
-                    let r = reference.clone();
-                    let loaded = tokio::task::spawn_blocking(move || {
-                        source::load_reference(&r, max_side, max_mb).and_then(|loaded| {
-                            artifacts.put(&loaded.bytes).map_err(|e| e.to_string())
-                        })
-                    })
-                    .await
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                    match loaded {
-                        Ok(hash) => {
-                            self.loaded.insert(reference.name.clone(), hash.clone());
-                            hash
-                        }
-                        Err(message) => {
-                            tracing::warn!(reference = %reference.path.display(), %message, "skipping an unusable reference image");
-                            let detail = json!({"name": reference.name, "path": reference.path, "error": message});
-                            self.shared
-                                .store
-                                .record_event(
-                                    &self.shared.run,
-                                    &self.shared.owner,
-                                    "reference_skipped",
-                                    Some(&detail.to_string()),
-                                )
-                                .await?;
-                            self.shared
-                                .progress
-                                .bad_references
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.bad.insert(reference.name.clone());
-                            continue;
-                        }
-                    }
-                }
-            };
-            let ordinal_text = ordinal.to_string();
-            let sample_seed = source::derive_seed(&[&seed, subcategory, &ordinal_text]);
-            return Ok(Some(NewSample {
-                subcategory: subcategory.to_string(),
-                ordinal: i64::try_from(ordinal).unwrap_or(i64::MAX),
-                generation: self.generations.get(subcategory).copied().unwrap_or(0),
-                reference: hash,
-                reference_name: reference.name.clone(),
-                seed: i64::try_from(sample_seed).unwrap_or(0),
-                tasks: self.shared.plan.tasks(&pipeline),
-            }));
-        }
-    }
-
-    /// The next reference for `subcategory` (see the module docs of `source`).
-    fn next_reference(&mut self, subcategory: &str, ordinal: u64, seed: &str) -> Option<Reference> {
-        let n = self.pool.len();
-        if self.bad.len() >= n {
-            return None;
-        }
-        if self.shared.pipeline.source.reuse_per_subcategory {
-            // Independent draws with replacement.
-            let mut attempt = 0u64;
-            loop {
-                let key = format!("{ordinal}/{attempt}");
-                let index = usize::try_from(
-                    source::derive_seed(&[seed, subcategory, "draw", &key]) % n as u64,
-                )
-                .unwrap_or(0);
-                let reference = &self.pool.references[index];
-                if !self.bad.contains(&reference.name) {
-                    return Some(reference.clone());
-                }
-                attempt += 1;
-            }
-        }
-        let used = self.used.entry(subcategory.to_string()).or_default();
-        let cursor = self
-            .cursors
-            .entry(subcategory.to_string())
-            .or_insert_with(|| {
-                let pass_seed = source::derive_seed(&[seed, subcategory, "pass", "0"]);
-                (0, 0, source::permutation(n, pass_seed))
-            });
-        let mut scanned = 0usize;
-        loop {
-            if cursor.1 >= n {
-                cursor.0 += 1;
-                cursor.1 = 0;
-                let pass = cursor.0.to_string();
-                cursor.2 = source::permutation(
-                    n,
-                    source::derive_seed(&[seed, subcategory, "pass", &pass]),
-                );
-                tracing::info!(
-                    subcategory,
-                    pass = cursor.0,
-                    "the reference pool ran out; reusing references"
-                );
-            }
-            let reference = &self.pool.references[cursor.2[cursor.1]];
-            cursor.1 += 1;
-            scanned += 1;
-            if scanned > 4 * n + 4 {
-                return None;
-            }
-            if self.bad.contains(&reference.name) {
-                continue;
-            }
-            // Replay earlier draws (a resumed run): a use recorded in the store consumes
-            // this position.
-            if let Some(count) = used.get_mut(&reference.name)
-                && *count > 0
-            {
-                *count -= 1;
-                continue;
-            }
-            return Some(reference.clone());
-        }
-    }
 }

@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 pub mod context;
+mod dispatch;
+mod drawer;
 mod endpoints;
 mod engine;
 mod error;
@@ -12,6 +14,7 @@ mod plan;
 pub mod progress;
 pub mod resume;
 pub mod source;
+mod writer;
 
 pub use endpoints::{connect, endpoint_configs};
 pub use engine::{Engine, RunOptions, RunSummary, select};
