@@ -50,6 +50,7 @@ subprocess.run(["cargo", "build", "--release", "--quiet", "--locked", "-p", "edi
 out = subprocess.run([os.path.join(root, "target/release/examples/bench_topk"), work, str(k), str(runs)], check=True, capture_output=True, text=True).stdout
 print(out, end="")
 ours = [float(line.split()[3]) for line in out.splitlines() if line.startswith("ours run")]
+tiles = [float(line.split()[3]) for line in out.splitlines() if line.startswith("tiles-only run")]
 ours_top = json.load(open(os.path.join(work, "ours_topk.json")))
 same = sum(1 for i, row in enumerate(ours_top) if list(row) == [int(x) for x in faiss_ids[i]])
 
@@ -58,6 +59,8 @@ print("shapes: %d queries x %d corpus x %d dims, top-%d, medians of %d runs" % (
 print("numpy matmul (SGEMM only): %.3f s  %.1f GFLOP/s" % (m_s, flops / m_s / 1e9))
 print("faiss IndexFlatIP:         %.3f s  %.1f GFLOP/s  (%.2fx SGEMM)" % (m_f, flops / m_f / 1e9, m_f / m_s))
 print("edir-synth scorer:         %.3f s  %.1f GFLOP/s  (%.2fx SGEMM)" % (m_o, flops / m_o / 1e9, m_o / m_s))
+m_t = statistics.median(tiles)
+print("edir-synth GEMM tiles only: %.3f s  %.1f GFLOP/s  (%.2fx SGEMM; the selection adds %.1f%%)" % (m_t, flops / m_t / 1e9, m_t / m_s, 100.0 * (m_o - m_t) / m_t))
 print("time ratio ours / faiss: %.3f (goal < 1.0)" % (m_o / m_f))
 print("exactness: top-%d of the first %d queries identical to faiss for %d" % (k, len(ours_top), same))
 print("embeddings: %.0f MB" % ((q.nbytes + c.nbytes) / 1e6))

@@ -1,5 +1,6 @@
 //! Times the exact top-k search on `queries.npy` x `corpus.npy` (run by `scripts/bench-scorer`).
-//! Usage: `bench_topk DIR K RUNS` — prints one `seconds` line per run, GFLOP/s, peak RSS, and
+//! Usage: `bench_topk DIR K RUNS` — prints one `seconds` line per run (the search, then the same
+//! tiles without the selection), GFLOP/s, peak RSS, and
 //! writes the first 200 queries' top-k indices to `DIR/ours_topk.json` for the exactness check.
 #![allow(
     clippy::unwrap_used,
@@ -40,6 +41,16 @@ fn main() {
         let flops = 2.0 * queries.rows as f64 * corpus.rows as f64 * queries.dim as f64;
         println!(
             "ours run {run}: {seconds:.3} s, {:.1} GFLOP/s",
+            flops / seconds / 1e9
+        );
+    }
+    for run in 1..=runs {
+        let started = Instant::now();
+        let checksum = edir_retrieval::tiles_only(&queries, &corpus, threads);
+        let seconds = started.elapsed().as_secs_f64();
+        let flops = 2.0 * queries.rows as f64 * corpus.rows as f64 * queries.dim as f64;
+        println!(
+            "tiles-only run {run}: {seconds:.3} s, {:.1} GFLOP/s (checksum {checksum:.3})",
             flops / seconds / 1e9
         );
     }

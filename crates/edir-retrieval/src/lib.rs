@@ -23,7 +23,7 @@ pub use matrix::{Matrix, MatrixError};
 pub use metrics::{CUTOFFS, Group, ModelResult, category_of, evaluate, per_query};
 pub use report::{PREDICTIONS_TOP, markdown, predictions, write};
 pub use topk::{
-    CORPUS_BLOCK, Cancelled, QUERY_BLOCK, Ranked, search, search_candidates, tie_ranks,
+    CORPUS_BLOCK, Cancelled, QUERY_BLOCK, Ranked, search, search_candidates, tie_ranks, tiles_only,
 };
 
 /// How to score.

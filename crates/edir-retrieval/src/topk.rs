@@ -215,6 +215,44 @@ pub fn search_candidates(
         .collect()
 }
 
+/// The same blocked tile loop as [`search`] with the selection left out: the GEMM alone, on
+/// the same tiles and threads. For benchmarks, to tell the selection's cost from the
+/// multiplication's. Returns a checksum (so the work cannot be optimised away).
+#[doc(hidden)]
+#[must_use]
+pub fn tiles_only(queries: &Matrix, corpus: &Matrix, threads: usize) -> f64 {
+    let threads = threads
+        .max(1)
+        .min(queries.rows.div_ceil(QUERY_BLOCK).max(1));
+    let per_thread = queries.rows.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let start = (t * per_thread).min(queries.rows);
+                let end = ((t + 1) * per_thread).min(queries.rows);
+                scope.spawn(move || {
+                    let mut buffer = vec![0.0f32; QUERY_BLOCK * CORPUS_BLOCK];
+                    let mut sum = 0.0f64;
+                    let mut q0 = start;
+                    while q0 < end {
+                        let qn = QUERY_BLOCK.min(end - q0);
+                        let mut c0 = 0;
+                        while c0 < corpus.rows {
+                            let cn = CORPUS_BLOCK.min(corpus.rows - c0);
+                            tile::scores(queries, q0, qn, corpus, c0, cn, &mut buffer);
+                            sum += f64::from(buffer[0]);
+                            c0 += cn;
+                        }
+                        q0 += qn;
+                    }
+                    sum
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    })
+}
+
 /// `tie_rank` for corpus ids: each id's position in ascending lexicographic order.
 #[must_use]
 pub fn tie_ranks(ids: &[String]) -> Vec<u32> {

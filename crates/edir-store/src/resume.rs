@@ -494,6 +494,11 @@ impl Store {
                 "(subcategory, ordinal) pairs are drawn twice (duplicate samples)",
             ),
             (
+                "SELECT COUNT(*) AS n FROM (SELECT sample_id, stage, item FROM tasks WHERE run_id = $1 \
+               GROUP BY sample_id, stage, item HAVING COUNT(*) > 1) dup",
+                "tasks exist twice (a task done twice)",
+            ),
+            (
                 "SELECT COUNT(*) AS n FROM tasks t JOIN samples s ON s.id = t.sample_id \
              WHERE s.run_id = $1 AND t.state = 'done' AND (t.output_json IS NULL AND t.output_artifact IS NULL)",
                 "done tasks have no output",

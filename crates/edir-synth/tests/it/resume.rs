@@ -294,6 +294,7 @@ fn kill_9_at_seeded_moments(reference: &Place, killed: &Place) {
         child.wait().unwrap(); // reaped: its pid is gone, as after a real crash
         assert!(started.elapsed() < Duration::from_secs(300), "bounded");
     }
+    eprintln!("kill -9: {hit} of 20 kills hit a running process");
     assert!(hit >= 10, "only {hit} of 20 kills hit a running process");
     let last = edir_synth(&killed.run_args(&full(), QUOTA, &[], &[]));
     assert_eq!(last.status.code(), Some(0), "{}", text(&last.stderr));
@@ -847,4 +848,41 @@ fn a_quota_below_the_accepted_stops_the_resume_and_new_starts_afresh() {
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0].state, edir_store::RunState::Archived);
     assert!(runs[0].name.starts_with("edir-full@"), "{}", runs[0].name);
+}
+
+#[test]
+fn a_removed_stage_stops_the_resume_and_changes_nothing() {
+    let place = Place::sqlite();
+    let first = edir_synth(&place.run_args(&full(), 2, &["attribute.color"], &[]));
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let copy = tempfile::tempdir().unwrap();
+    let edited = pipeline_copy(copy.path());
+    let yaml = fs_err::read_to_string(&edited).unwrap();
+    let start = yaml.find("  # 8. Judge 2").unwrap();
+    let end = yaml.find("\nscore:").unwrap();
+    fs_err::write(&edited, format!("{}{}", &yaml[..start], &yaml[end + 1..])).unwrap();
+    let before = snapshot(&place);
+    for command in ["plan", "run"] {
+        let args = if command == "run" {
+            place.run_args(&edited, 2, &["attribute.color"], &[])
+        } else {
+            let mut args = vec!["plan".to_string(), edited.display().to_string()];
+            args.extend(place.place_args());
+            args
+        };
+        let out = edir_synth(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command}: {}",
+            text(&out.stdout)
+        );
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            said.contains("stage `judge_query` was removed"),
+            "{command}: {said}"
+        );
+        assert!(said.contains("run --new"), "{command}: {said}");
+    }
+    assert_eq!(before, snapshot(&place), "nothing changed");
 }
