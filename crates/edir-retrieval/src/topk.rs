@@ -15,6 +15,8 @@ use crate::tile;
 pub const QUERY_BLOCK: usize = 512;
 /// Corpus items per tile.
 pub const CORPUS_BLOCK: usize = 2048;
+/// Scores checked against a query's floor at once (one AVX-512 register).
+const LANES: usize = 16;
 
 /// A ranked corpus item.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -167,16 +169,27 @@ fn search_range(
                 let row = &buffer[i * cn..(i + 1) * cn];
                 let skip = exclude.and_then(|e| e[q0 + i]);
                 let mut floor = top.floor();
-                for (j, &score) in row.iter().enumerate() {
-                    if score < floor {
+                // Most scores fall below the floor: check a lane-wide chunk's maximum first
+                // (it vectorises), and only look at the chunk's scores when one may enter.
+                for (chunk_at, chunk) in row.chunks(LANES).enumerate() {
+                    let most = chunk
+                        .iter()
+                        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                    if most < floor {
                         continue;
                     }
-                    let index = u32::try_from(c0 + j).unwrap_or(u32::MAX);
-                    if skip == Some(index) {
-                        continue;
+                    for (offset, &score) in chunk.iter().enumerate() {
+                        if score < floor {
+                            continue;
+                        }
+                        let j = chunk_at * LANES + offset;
+                        let index = u32::try_from(c0 + j).unwrap_or(u32::MAX);
+                        if skip == Some(index) {
+                            continue;
+                        }
+                        top.offer(score, tie_rank[c0 + j], index);
+                        floor = top.floor();
                     }
-                    top.offer(score, tie_rank[c0 + j], index);
-                    floor = top.floor();
                 }
             }
             c0 += cn;
