@@ -173,7 +173,13 @@ impl Gpu {
         k: usize,
         exclude: Option<&[Option<u32>]>,
     ) -> Result<Vec<Vec<Ranked>>, String> {
-        let k = k.min(corpus.rows).min(MAX_K);
+        let k = k.min(corpus.rows);
+        if k > MAX_K {
+            // The kernel keeps MAX_K per thread; the caller ranks on the CPU instead.
+            return Err(format!(
+                "top-{k} is more than the GPU kernel keeps ({MAX_K})"
+            ));
+        }
         if k == 0 || queries.rows == 0 {
             return Ok(vec![Vec::new(); queries.rows]);
         }
