@@ -150,6 +150,20 @@ fn closure(
     out
 }
 
+/// Samples grouped by the set of stages to reopen in them (one reopen per group).
+fn group_by_stages(
+    by_sample: BTreeMap<SampleId, BTreeSet<String>>,
+) -> BTreeMap<Vec<String>, Vec<SampleId>> {
+    let mut groups: BTreeMap<Vec<String>, Vec<SampleId>> = BTreeMap::new();
+    for (sample, stages) in by_sample {
+        groups
+            .entry(stages.into_iter().collect())
+            .or_default()
+            .push(sample);
+    }
+    groups
+}
+
 /// The stage keys recorded by the run's starts: key -> components.
 async fn recorded_keys(
     store: &Store,
@@ -332,27 +346,32 @@ pub async fn assess(
         .collect();
     let mut roots: BTreeMap<SampleId, BTreeSet<String>> = BTreeMap::new();
     let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    // One lookup per (stage, old key), whatever the subcategories it spans.
+    let mut old_keys: BTreeSet<(String, String)> = BTreeSet::new();
     for group in store.key_groups(&run.id).await? {
-        let Some(old) = &group.key else { continue };
+        let Some(old) = group.key else { continue };
         let Some(current) = keys.get(&group.stage) else {
             continue;
         };
-        if *old == current.key || !chosen.contains(group.subcategory.as_str()) {
+        if old == current.key || !chosen.contains(group.subcategory.as_str()) {
             continue;
         }
         reasons
             .entry(group.stage.clone())
-            .or_insert_with(|| key::describe_change(recorded.get(old), &current.components));
-        for sample in store.samples_with_key(&run.id, &group.stage, old).await? {
+            .or_insert_with(|| key::describe_change(recorded.get(&old), &current.components));
+        old_keys.insert((group.stage, old));
+    }
+    for (stage, old) in old_keys {
+        for sample in store.samples_with_key(&run.id, &stage, &old).await? {
             if subcategory_of
                 .get(&sample)
-                .is_some_and(|s| *s == group.subcategory)
+                .is_some_and(|s| chosen.contains(s))
             {
-                roots.entry(sample).or_default().insert(group.stage.clone());
+                roots.entry(sample).or_default().insert(stage.clone());
             }
         }
     }
-    let mut groups: BTreeMap<Vec<String>, Vec<SampleId>> = BTreeMap::new();
+    let mut reopen: BTreeMap<SampleId, BTreeSet<String>> = BTreeMap::new();
     let mut stale: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
     for (sample, root) in roots {
         let all = closure(&plan.dependents, &root);
@@ -369,10 +388,7 @@ pub async fn assess(
                 .or_insert((0, reason));
             entry.0 += 1;
         }
-        groups
-            .entry(all.into_iter().collect())
-            .or_default()
-            .push(sample);
+        reopen.insert(sample, all);
     }
     out.stale = stale
         .into_iter()
@@ -396,7 +412,7 @@ pub async fn assess(
         )
     };
     out.stale.sort_by_key(|s| rank(&s.stage, &s.subcategory));
-    for (stages, samples) in groups {
+    for (stages, samples) in group_by_stages(reopen) {
         out.reopen.push((samples, stages, "stale"));
     }
 
@@ -445,14 +461,7 @@ pub async fn assess(
     }
     out.failed = failed.into_values().collect();
     out.failed.sort_by_key(|f| rank(&f.stage, &f.subcategory));
-    let mut retry_groups: BTreeMap<Vec<String>, Vec<SampleId>> = BTreeMap::new();
-    for (sample, stages) in retry {
-        retry_groups
-            .entry(stages.into_iter().collect())
-            .or_default()
-            .push(sample);
-    }
-    for (stages, samples) in retry_groups {
+    for (stages, samples) in group_by_stages(retry) {
         out.reopen.push((samples, stages, "retry"));
     }
 
@@ -537,14 +546,7 @@ pub async fn retry(
         by_sample.entry(task.sample).or_default().insert(task.stage);
     }
     let samples = by_sample.len() as u64;
-    let mut groups: BTreeMap<Vec<String>, Vec<SampleId>> = BTreeMap::new();
-    for (sample, stages) in by_sample {
-        groups
-            .entry(stages.into_iter().collect())
-            .or_default()
-            .push(sample);
-    }
-    for (stages, samples) in groups {
+    for (stages, samples) in group_by_stages(by_sample) {
         store
             .reopen(run, actor, &samples, &stages, "retry", false)
             .await?;

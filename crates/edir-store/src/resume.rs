@@ -172,15 +172,7 @@ impl Store {
             .map_err(query(OP))?;
         insert_event(
             &mut tx,
-            EventRow {
-                run: &run.id.0,
-                at: now,
-                actor,
-                kind: "run_archived",
-                sample: None,
-                task: None,
-                detail: Some(name),
-            },
+            EventRow::of_run(&run.id.0, now, actor, "run_archived", Some(name)),
         )
         .await?;
         tx.commit().await.map_err(query(OP))?;
@@ -338,15 +330,7 @@ impl Store {
         .to_string();
         insert_event(
             &mut tx,
-            EventRow {
-                run: &run.0,
-                at: now,
-                actor,
-                kind: "tasks_reopened",
-                sample: None,
-                task: None,
-                detail: Some(&detail),
-            },
+            EventRow::of_run(&run.0, now, actor, "tasks_reopened", Some(&detail)),
         )
         .await?;
         tx.commit().await.map_err(query(OP))?;
@@ -408,15 +392,7 @@ impl Store {
         .to_string();
         insert_event(
             &mut tx,
-            EventRow {
-                run: &run.0,
-                at: now,
-                actor,
-                kind: "subcategory_superseded",
-                sample: None,
-                task: None,
-                detail: Some(&detail),
-            },
+            EventRow::of_run(&run.0, now, actor, "subcategory_superseded", Some(&detail)),
         )
         .await?;
         tx.commit().await.map_err(query(OP))?;

@@ -42,15 +42,7 @@ impl Store {
         if inserted {
             insert_event(
                 &mut tx,
-                EventRow {
-                    run: &id,
-                    at: now,
-                    actor,
-                    kind: "run_created",
-                    sample: None,
-                    task: None,
-                    detail: Some(name),
-                },
+                EventRow::of_run(&id, now, actor, "run_created", Some(name)),
             )
             .await?;
         }
@@ -117,19 +109,7 @@ impl Store {
             .await
             .map_err(query(OP))?;
         let kind = format!("run_{state}");
-        insert_event(
-            &mut tx,
-            EventRow {
-                run: &run.0,
-                at: now,
-                actor,
-                kind: &kind,
-                sample: None,
-                task: None,
-                detail: None,
-            },
-        )
-        .await?;
+        insert_event(&mut tx, EventRow::of_run(&run.0, now, actor, &kind, None)).await?;
         tx.commit().await.map_err(query(OP))
     }
 

@@ -209,3 +209,24 @@ pub(crate) struct EventRow<'a> {
     pub(crate) task: Option<i64>,
     pub(crate) detail: Option<&'a str>,
 }
+
+impl<'a> EventRow<'a> {
+    /// An event about the run as a whole (no sample, no task).
+    pub(crate) fn of_run(
+        run: &'a str,
+        at: i64,
+        actor: &'a str,
+        kind: &'a str,
+        detail: Option<&'a str>,
+    ) -> Self {
+        Self {
+            run,
+            at,
+            actor,
+            kind,
+            sample: None,
+            task: None,
+            detail,
+        }
+    }
+}
