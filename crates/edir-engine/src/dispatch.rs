@@ -94,16 +94,22 @@ pub(crate) async fn dispatch(
         if look && free > 0 {
             let limit = u32::try_from(free.min(shared.options.batch)).unwrap_or(u32::MAX);
             let started = std::time::Instant::now();
-            match shared
-                .store
-                .claim(
-                    &shared.run,
-                    &stage.id,
-                    &shared.owner,
-                    limit,
+            let claimed = {
+                let (store, run, stage, owner, lease) = (
+                    shared.store.clone(),
+                    shared.run.clone(),
+                    stage.id.clone(),
+                    shared.owner.clone(),
                     shared.options.lease,
-                )
-                .await
+                );
+                shared
+                    .store_thread
+                    .spawn(async move { store.claim(&run, &stage, &owner, limit, lease).await })
+                    .await
+            };
+            match claimed
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.map_err(|e| e.to_string()))
             {
                 Ok(claims) => {
                     tracing::debug!(stage = %stage.id, claimed = claims.len(), ms = started.elapsed().as_secs_f64() * 1e3, "claim");

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use edir_store::{ArtifactStore, NewSample};
+use edir_store::{HandOff, NewSample};
 use serde_json::json;
 
 use crate::context::SampleContext;
@@ -18,7 +18,6 @@ use crate::engine::Shared;
 /// Draws new samples while subcategories need them.
 pub(crate) struct Drawer {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) artifacts: ArtifactStore,
     pub(crate) pool: ReferencePool,
     /// References that cannot be used.
     pub(crate) bad: HashSet<String>,
@@ -105,7 +104,16 @@ impl Drawer {
 
     async fn add(&self, samples: Vec<NewSample>) -> Result<(), EngineError> {
         let shared = &self.shared;
-        let ids = shared.store.add_samples(&shared.run, &samples).await?;
+        crate::engine::sync_artifacts(&shared.artifacts).await?;
+        // The first stages' tasks are leased to us in the same transaction (no claim).
+        let hand_off = (!shared.intake.is_cancelled()).then(|| HandOff {
+            owner: shared.owner.clone(),
+            lease: shared.options.lease,
+        });
+        let (ids, leased) = shared
+            .store
+            .add_samples_handing_off(&shared.run, &samples, hand_off.as_ref())
+            .await?;
         {
             let mut subs = shared
                 .progress
@@ -128,9 +136,18 @@ impl Drawer {
                 }
             }
         }
-        for root in &shared.plan.roots {
-            if let Some(&i) = shared.plan.position.get(root) {
-                shared.wake[i].notify_one();
+        // (The contexts are cached before any of their tasks can start.)
+        let handed = leased.len();
+        for claim in leased {
+            if let Some(&i) = shared.plan.position.get(&claim.stage) {
+                let _ = shared.handoff[i].send(claim);
+            }
+        }
+        if handed == 0 {
+            for root in &shared.plan.roots {
+                if let Some(&i) = shared.plan.position.get(root) {
+                    shared.wake[i].notify_one();
+                }
             }
         }
         Ok(())
@@ -153,7 +170,7 @@ impl Drawer {
                 None => {
                     let (max_side, max_mb) =
                         (pipeline.source.max_side, pipeline.source.max_file_mb);
-                    let artifacts = self.artifacts.clone();
+                    let artifacts = self.shared.artifacts.clone();
                     let r = reference.clone();
                     let loaded = tokio::task::spawn_blocking(move || {
                         source::load_reference(&r, max_side, max_mb).and_then(|loaded| {

@@ -127,6 +127,9 @@ pub(crate) struct Written {
 pub(crate) struct Shared {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) store: Store,
+    /// The store thread's runtime: store calls made from the busy runtime go through it.
+    pub(crate) store_thread: tokio::runtime::Handle,
+    pub(crate) artifacts: ArtifactStore,
     pub(crate) run: RunId,
     pub(crate) owner: String,
     pub(crate) options: RunOptions,
@@ -145,6 +148,61 @@ pub(crate) struct Shared {
     pub(crate) drawer: Notify,
     pub(crate) intake: CancellationToken,
     pub(crate) hard: CancellationToken,
+}
+
+/// A thread of its own for the tasks that talk to the store on the engine's behalf (the
+/// writer, the drawer, the lease renewer, claims) on SQLite. A checkpoint is a dozen
+/// statements, each a round trip to SQLite's connection thread; on the shared runtime every
+/// reply queued behind hundreds of model-call tasks, so the one connection was held mostly by
+/// tasks waiting to be polled, and the writer, not the models, set the pace. Here each reply is
+/// polled as soon as it comes. On Postgres the tasks stay on the shared runtime: a pooled
+/// connection belongs to the runtime that opened it, and this one ends with the run.
+struct StoreThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped (with the engine's run) to end the thread.
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl StoreThread {
+    fn start(backend: edir_store::Backend) -> Result<Self, EngineError> {
+        if backend != edir_store::Backend::Sqlite {
+            return Ok(Self {
+                handle: tokio::runtime::Handle::current(),
+                _stop: None,
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::Internal(format!("cannot start the store thread: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("edir-store".to_string())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot start the store thread: {e}")))?;
+        Ok(Self {
+            handle,
+            _stop: Some(stop),
+        })
+    }
+}
+
+/// Makes the artifacts written so far durable (one `syncfs`, off the async threads) before a
+/// transaction that refers to them commits.
+pub(crate) async fn sync_artifacts(artifacts: &ArtifactStore) -> Result<(), EngineError> {
+    if !artifacts.unsynced() {
+        return Ok(());
+    }
+    let artifacts = artifacts.clone();
+    tokio::task::spawn_blocking(move || artifacts.sync())
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
+    Ok(())
 }
 
 /// The engine: a pipeline, a store, and the connected endpoints.
@@ -412,11 +470,14 @@ impl Engine {
             .collect();
         let quotas = counts.iter().map(|(id, c)| (id.clone(), c.quota)).collect();
         let generations = self.store.next_generations(&run.id).await?;
+        let store_thread = StoreThread::start(self.store.backend())?;
         let shared = Arc::new(Shared {
+            store_thread: store_thread.handle.clone(),
             stage_keys,
             quotas,
             pipeline: pipeline.clone(),
             store: self.store.clone(),
+            artifacts: self.artifacts.clone(),
             run: run.id.clone(),
             owner: owner.clone(),
             options: self.options.clone(),
@@ -434,8 +495,12 @@ impl Engine {
 
         let (tx, rx) = mpsc::channel::<Written>(shared.options.batch * 8);
         let tracker = TaskTracker::new();
-        let writer = tokio::spawn(crate::writer::writer(shared.clone(), rx));
-        let renewer = tokio::spawn(crate::dispatch::renew(shared.clone()));
+        let writer = store_thread
+            .handle
+            .spawn(crate::writer::writer(shared.clone(), rx));
+        let renewer = store_thread
+            .handle
+            .spawn(crate::dispatch::renew(shared.clone()));
         let mut dispatchers = Vec::new();
         for (index, handed) in handoff_rx.drain(..).enumerate() {
             dispatchers.push(tokio::spawn(crate::dispatch::dispatch(
@@ -449,7 +514,6 @@ impl Engine {
         drop(tx);
         let drawer = crate::drawer::Drawer {
             shared: shared.clone(),
-            artifacts: self.artifacts.clone(),
             pool,
             bad,
             used,
@@ -458,7 +522,12 @@ impl Engine {
             generations,
             max_active,
         };
-        let finished = drawer.run().await;
+        let finished = store_thread
+            .handle
+            .spawn(drawer.run())
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))
+            .and_then(|finished| finished);
         // Stop the intake (finished, or interrupted), let in-flight work finish.
         shared.intake.cancel();
         for d in dispatchers {

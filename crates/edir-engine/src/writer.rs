@@ -13,6 +13,9 @@ use crate::error::EngineError;
 
 use crate::engine::{Shared, Written};
 
+/// How long the writer gathers results before a checkpoint that is not full.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// Checkpoints results in batches; returns when every sender is gone and the queue is empty.
 pub(crate) async fn writer(
     shared: Arc<Shared>,
@@ -21,15 +24,29 @@ pub(crate) async fn writer(
     let mut batch: Vec<Written> = Vec::with_capacity(shared.options.batch);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // Group commit: gather for up to LINGER (or a full batch), so a checkpoint's fixed
+        // cost (an artifact sync, a transaction) is spread over many results.
+        let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < shared.options.batch {
             match rx.try_recv() {
                 Ok(next) => batch.push(next),
-                Err(_) => break,
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(next)) => batch.push(next),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
         let steps: Vec<Step> = batch.iter().map(|w| w.step.clone()).collect();
         let mut attempt = 0;
         let started = std::time::Instant::now();
+        // The results name artifacts the operators wrote: durable before the rows are.
+        if let Err(error) = crate::engine::sync_artifacts(&shared.artifacts).await {
+            tracing::error!(%error, "cannot make the artifacts durable; stopping the run");
+            shared.intake.cancel();
+            shared.hard.cancel();
+            return Err(error);
+        }
+        let synced = started.elapsed();
         let outcome = loop {
             let hand_off = (!shared.intake.is_cancelled()).then(|| HandOff {
                 owner: shared.owner.clone(),
@@ -44,6 +61,7 @@ pub(crate) async fn writer(
                     tracing::debug!(
                         results = steps.len(),
                         ms = started.elapsed().as_secs_f64() * 1e3,
+                        sync_ms = synced.as_secs_f64() * 1e3,
                         "checkpoint"
                     );
                     break outcome;

@@ -1,14 +1,18 @@
 //! The engine's checkpoint: completions, failures and the sample decisions they imply, all in
 //! one transaction, so a judge's verdict and the sample's fate are never written apart.
 //!
-//! A batch of a few hundred results costs one transaction (one fsync on SQLite), which is
-//! what lets the store keep up with thousands of model calls per second.
+//! A batch of a few hundred results costs one transaction (one fsync on SQLite) of a dozen
+//! set-based statements, which is what lets the store keep up with thousands of model calls
+//! per second.
+
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Any, Transaction};
 
 use crate::StoreError;
 use crate::error::query;
 use crate::model::{Claim, Completion, Failure, RunId, SampleId, SampleState, TaskId};
+use crate::rows;
 use crate::store::{EventRow, Store, get, insert_event};
 use crate::url::Backend;
 
@@ -83,14 +87,15 @@ pub struct HandOff {
     pub lease: std::time::Duration,
 }
 
-const UNFINISHED: &str =
-    "SELECT COUNT(*) AS n FROM tasks WHERE sample_id = $1 AND state NOT IN ('done', 'skipped')";
-
 impl Store {
     /// Writes a batch of results and the decisions they imply in one transaction. With
     /// `hand_off`, the tasks the batch made ready are leased to its owner in the same
     /// transaction and returned, so a worker hands finished work straight on to the next
     /// stage without a claim per stage (the engine's in-process channels).
+    ///
+    /// The statements are set-based (a dozen per batch, whatever its size): all completions,
+    /// then the failures, then the decisions as if taken in the steps' order (a sample's first
+    /// decision wins; every accept check sees the whole batch written).
     ///
     /// # Errors
     /// [`StoreError::Query`] when a statement fails (then nothing is written).
@@ -103,10 +108,9 @@ impl Store {
     ) -> Result<CheckpointOutcome, StoreError> {
         const OP: &str = "checkpoint";
         let now = self.now();
+        let backend = self.backend();
         let mut tx = self.write(OP).await?;
         let mut outcome = CheckpointOutcome::default();
-        // All completions in a few multi-row statements, then the failures, then what they
-        // mean for their samples (every accept check sees the whole batch written).
         let completions: Vec<&Completion> = steps
             .iter()
             .filter_map(|step| match step {
@@ -114,8 +118,10 @@ impl Store {
                 Step::Fail { .. } => None,
             })
             .collect();
-        let written = crate::tasks::complete_many(&mut tx, &completions, now).await?;
+        let written = crate::tasks::complete_many(&mut tx, backend, &completions, now).await?;
         let mut completed = Vec::with_capacity(completions.len());
+        // The written steps: (sample, stage, then).
+        let mut kept: Vec<(&SampleId, &str, &Then)> = Vec::with_capacity(steps.len());
         for step in steps {
             let (ok, task, sample, stage, then) = match step {
                 Step::Complete {
@@ -143,93 +149,140 @@ impl Store {
                     then,
                 ),
             };
-            if !ok {
+            if ok {
+                kept.push((sample, stage.as_str(), then));
+            } else {
                 outcome.lost.push(task);
-                continue;
-            }
-            outcome.written += 1;
-            let decision = match then {
-                Then::Continue => None,
-                Then::Decide { state, reason } => Some((*state, Some(reason.clone()))),
-                Then::AcceptIfComplete { quota } => {
-                    let row = sqlx::query(UNFINISHED)
-                        .bind(&sample.0)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(query(OP))?;
-                    let unfinished: i64 = get(&row, "n", OP)?;
-                    if unfinished == 0 {
-                        match self.accepted_room(&mut tx, &run.0, sample, *quota).await? {
-                            None => Some((SampleState::Accepted, None)),
-                            Some(surplus) => Some((SampleState::Rejected, Some(surplus))),
-                        }
-                    } else {
-                        None
-                    }
-                }
-            };
-            if let Some((state, reason)) = decision
-                && decide_in(
-                    &mut tx,
-                    &run.0,
-                    sample,
-                    state,
-                    Some(stage),
-                    reason.as_deref(),
-                    actor,
-                    now,
-                )
-                .await?
-            {
-                outcome.decided.push((sample.clone(), state));
             }
         }
-        crate::tasks::ready_dependents(&mut tx, &completed, now).await?;
+        outcome.written = kept.len();
+        let decisions = self.decisions(&mut tx, &run.0, &kept).await?;
+        outcome.decided = decide_many(&mut tx, backend, &run.0, &decisions, actor, now).await?;
+        crate::tasks::ready_dependents(&mut tx, backend, &completed, now).await?;
         if let Some(hand_off) = hand_off {
             outcome.leased =
-                crate::tasks::lease_dependents(&mut tx, &completed, hand_off, now).await?;
+                crate::tasks::lease_dependents(&mut tx, backend, &completed, hand_off, now).await?;
         }
         tx.commit().await.map_err(query(OP))?;
         Ok(outcome)
     }
 
-    /// `None` when the sample's subcategory has room for one more accepted sample; otherwise
-    /// the surplus reason. On Postgres a transaction-scoped advisory lock per (run,
-    /// subcategory) serialises the check, so two workers cannot both take the last place
+    /// What the written steps decide, one decision per sample (its first), in step order.
+    /// A sink's completion accepts its sample when the sample is active and none of its tasks
+    /// is left unfinished, unless the subcategory already has `quota` accepted samples: then it
+    /// is rejected as surplus. On Postgres a transaction-scoped advisory lock per (run,
+    /// subcategory) serialises the quota check, so two workers cannot both take the last place
     /// (SQLite has one writer at a time anyway).
-    async fn accepted_room(
+    async fn decisions<'a>(
         &self,
         tx: &mut Transaction<'static, Any>,
         run: &str,
-        sample: &SampleId,
-        quota: u64,
-    ) -> Result<Option<String>, StoreError> {
+        kept: &[(&'a SampleId, &'a str, &'a Then)],
+    ) -> Result<Vec<Decision<'a>>, StoreError> {
         const OP: &str = "check the quota";
-        let row = sqlx::query("SELECT subcategory FROM samples WHERE id = $1")
-            .bind(&sample.0)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(query(OP))?;
-        let subcategory: String = get(&row, "subcategory", OP)?;
-        if self.backend() == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT AS locked")
-                .bind(format!("{run}/{subcategory}"))
-                .fetch_one(&mut **tx)
+        let backend = self.backend();
+        let mut candidates: Vec<[&str; 1]> = kept
+            .iter()
+            .filter(|(_, _, then)| matches!(then, Then::AcceptIfComplete { .. }))
+            .map(|(sample, _, _)| [sample.0.as_str()])
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        // Per candidate: its subcategory, whether it is complete, and (per subcategory) how
+        // many samples are accepted already.
+        let mut complete: HashMap<&str, String> = HashMap::new();
+        let mut accepted: HashMap<String, u64> = HashMap::new();
+        if !candidates.is_empty() {
+            let sql = format!(
+                "SELECT s.id, s.subcategory FROM samples s \
+                 WHERE s.id IN (SELECT e.value ->> 0 FROM {}) AND s.state = 'active' \
+                   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.sample_id = s.id AND t.state NOT IN ('done', 'skipped'))",
+                rows::source(backend, 1)
+            );
+            let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(rows::encode(&candidates))
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(query(OP))?;
+            let ids: HashSet<&str> = candidates.iter().map(|[id]| *id).collect();
+            for row in &found {
+                let id: String = get(row, "id", OP)?;
+                if let Some(&candidate) = ids.get(id.as_str()) {
+                    complete.insert(candidate, get(row, "subcategory", OP)?);
+                }
+            }
         }
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM samples WHERE run_id = $1 AND subcategory = $2 AND state = 'accepted'",
-        )
-        .bind(run)
-        .bind(&subcategory)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(query(OP))?;
-        let accepted: i64 = get(&row, "n", OP)?;
-        Ok((u64::try_from(accepted).unwrap_or(0) >= quota).then(|| {
-            format!("surplus: {subcategory} already has its quota of {quota} accepted samples")
-        }))
+        if !complete.is_empty() {
+            let mut subcategories: Vec<[&str; 1]> =
+                complete.values().map(|s| [s.as_str()]).collect();
+            subcategories.sort_unstable();
+            subcategories.dedup();
+            let list = rows::encode(&subcategories);
+            if backend == Backend::Postgres {
+                // In a fixed order, so two writers cannot wait on each other.
+                let sql = format!(
+                    "SELECT COUNT(*) AS n FROM (SELECT pg_advisory_xact_lock(hashtext(CAST($2 AS TEXT) || '/' || (e.value ->> 0))) \
+                     FROM {} ORDER BY e.key) AS locked",
+                    rows::source(backend, 1)
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&list)
+                    .bind(run)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(query(OP))?;
+            }
+            let sql = format!(
+                "SELECT subcategory, COUNT(*) AS n FROM samples \
+                 WHERE run_id = $2 AND state = 'accepted' AND subcategory IN (SELECT e.value ->> 0 FROM {}) \
+                 GROUP BY subcategory",
+                rows::source(backend, 1)
+            );
+            let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&list)
+                .bind(run)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(query(OP))?;
+            for row in &found {
+                let n: i64 = get(row, "n", OP)?;
+                accepted.insert(get(row, "subcategory", OP)?, u64::try_from(n).unwrap_or(0));
+            }
+        }
+        let mut decided: HashSet<&str> = HashSet::new();
+        let mut decisions = Vec::new();
+        for &(sample, stage, then) in kept {
+            if decided.contains(sample.0.as_str()) {
+                continue;
+            }
+            let (state, reason) = match then {
+                Then::Continue => continue,
+                Then::Decide { state, reason } => (*state, Some(reason.clone())),
+                Then::AcceptIfComplete { quota } => {
+                    let Some(subcategory) = complete.get(sample.0.as_str()) else {
+                        continue;
+                    };
+                    let n = accepted.entry(subcategory.clone()).or_insert(0);
+                    if *n >= *quota {
+                        let surplus = format!(
+                            "surplus: {subcategory} already has its quota of {quota} accepted samples"
+                        );
+                        (SampleState::Rejected, Some(surplus))
+                    } else {
+                        *n += 1;
+                        (SampleState::Accepted, None)
+                    }
+                }
+            };
+            decided.insert(sample.0.as_str());
+            decisions.push(Decision {
+                sample,
+                state,
+                stage,
+                reason,
+            });
+        }
+        Ok(decisions)
     }
 
     /// Extends every lease `owner` holds in `run` to `now + lease`; returns how many. Workers
@@ -320,4 +373,104 @@ pub(crate) async fn decide_in(
     )
     .await?;
     Ok(true)
+}
+
+/// A decision about one sample.
+#[derive(Debug)]
+struct Decision<'a> {
+    sample: &'a SampleId,
+    state: SampleState,
+    stage: &'a str,
+    reason: Option<String>,
+}
+
+/// Applies decisions (one per sample) in a few statements: sets the states of the samples
+/// still active, skips the unstarted tasks of those not accepted, records an event each.
+/// Returns the samples it decided, in order (an already decided sample is left as it is).
+async fn decide_many(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    run: &str,
+    decisions: &[Decision<'_>],
+    actor: &str,
+    now: i64,
+) -> Result<Vec<(SampleId, SampleState)>, StoreError> {
+    const OP: &str = "decide samples";
+    if decisions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<_> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d.sample.0.as_str(),
+                d.state.as_str(),
+                d.stage,
+                d.reason.as_deref(),
+                format!("sample_{}", d.state),
+            )
+        })
+        .collect();
+    let list = rows::encode(&rows);
+    let sql = format!(
+        "UPDATE samples SET state = v.state, decided_stage = v.stage, reason = v.reason, updated_at = $2 \
+         FROM (SELECT e.value ->> 0 AS id, e.value ->> 1 AS state, e.value ->> 2 AS stage, e.value ->> 3 AS reason \
+               FROM {}) AS v \
+         WHERE samples.id = v.id AND samples.state = 'active' \
+         RETURNING samples.id",
+        rows::source(backend, 1)
+    );
+    let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&list)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query(OP))?;
+    let mut changed = HashSet::with_capacity(found.len());
+    for row in &found {
+        changed.insert(get::<String>(row, "id", OP)?);
+    }
+    let decided: Vec<_> = rows
+        .into_iter()
+        .filter(|row| changed.contains(row.0))
+        .collect();
+    let stopped: Vec<[&str; 1]> = decided
+        .iter()
+        .filter(|row| row.1 != SampleState::Accepted.as_str())
+        .map(|row| [row.0])
+        .collect();
+    if !stopped.is_empty() {
+        // An accepted sample has no unfinished task left; the others stop here.
+        let sql = format!(
+            "UPDATE tasks SET state = 'skipped', updated_at = $2 \
+             WHERE sample_id IN (SELECT e.value ->> 0 FROM {}) AND state IN ('blocked', 'ready')",
+            rows::source(backend, 1)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(rows::encode(&stopped))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(query(OP))?;
+    }
+    if !decided.is_empty() {
+        let sql = format!(
+            "INSERT INTO events (run_id, at, actor, kind, sample_id, task_id, detail) \
+             SELECT CAST($2 AS TEXT), CAST($3 AS BIGINT), CAST($4 AS TEXT), e.value ->> 4, e.value ->> 0, NULL, e.value ->> 3 FROM {} ORDER BY e.key",
+            rows::source(backend, 1)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(rows::encode(&decided))
+            .bind(run)
+            .bind(now)
+            .bind(actor)
+            .execute(&mut **tx)
+            .await
+            .map_err(query(OP))?;
+    }
+    Ok(decisions
+        .iter()
+        .filter(|d| changed.contains(&d.sample.0))
+        .map(|d| (d.sample.clone(), d.state))
+        .collect())
 }

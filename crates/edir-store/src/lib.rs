@@ -8,6 +8,7 @@ mod embeddings;
 mod error;
 mod model;
 mod resume;
+mod rows;
 mod runs;
 mod samples;
 mod status;

@@ -5,35 +5,11 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 
 use crate::StoreError;
+use crate::checkpoint::HandOff;
 use crate::error::query;
-use crate::model::{NewSample, RunId, SampleId, SampleRecord, SampleState};
+use crate::model::{Claim, NewSample, RunId, SampleId, SampleRecord, SampleState, TaskId};
+use crate::rows;
 use crate::store::{Store, get};
-
-/// Bound parameters per multi-row statement. Small on purpose: sqlx's SQLite driver resolves
-/// each `$n` by scanning the statement's parameter names, so binding costs grow with the
-/// square of the parameter count (4,000 parameters made a batch cost ~100 ms).
-const ROWS_PER_INSERT: usize = 180;
-
-/// `rows` copies of `row` joined by commas, each `?` replaced by the next `$n`.
-fn placeholders(rows: usize, row: &str) -> String {
-    let mut out = String::with_capacity(rows * (row.len() + 16));
-    let mut n = 0;
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        for c in row.chars() {
-            if c == '?' {
-                n += 1;
-                out.push('$');
-                out.push_str(&n.to_string());
-            } else {
-                out.push(c);
-            }
-        }
-    }
-    out
-}
 
 impl Store {
     /// Adds samples with their tasks and dependency edges, all in one transaction. Tasks without
@@ -47,77 +23,111 @@ impl Store {
         run: &RunId,
         samples: &[NewSample],
     ) -> Result<Vec<SampleId>, StoreError> {
+        Ok(self.add_samples_handing_off(run, samples, None).await?.0)
+    }
+
+    /// [`Store::add_samples`], and with `hand_off` the new tasks that start `ready` are leased
+    /// to its owner in the same transaction and returned, so the engine hands them straight to
+    /// their stage instead of claiming them.
+    ///
+    /// # Errors
+    /// As [`Store::add_samples`].
+    pub async fn add_samples_handing_off(
+        &self,
+        run: &RunId,
+        samples: &[NewSample],
+        hand_off: Option<&HandOff>,
+    ) -> Result<(Vec<SampleId>, Vec<Claim>), StoreError> {
         const OP: &str = "add samples";
         let now = self.now();
         let ids: Vec<String> = samples
             .iter()
             .map(|_| uuid::Uuid::now_v7().to_string())
             .collect();
+        let backend = self.backend();
         let mut tx = self.write(OP).await?;
-        // Multi-row statements: a batch of samples costs a handful of statements, not one
-        // per task and dependency.
-        let per_chunk = ROWS_PER_INSERT / 10;
-        for (chunk_samples, chunk_ids) in samples.chunks(per_chunk).zip(ids.chunks(per_chunk)) {
-            let sql = format!(
-                "INSERT INTO samples (id, run_id, subcategory, ordinal, generation, reference, reference_name, seed, state, created_at, updated_at) VALUES {}",
-                placeholders(
-                    chunk_samples.len(),
-                    "(?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)"
+        // Three statements whatever the batch: samples, tasks, edges (see `rows`).
+        let sample_rows: Vec<_> = samples
+            .iter()
+            .zip(&ids)
+            .map(|(sample, id)| {
+                (
+                    id.as_str(),
+                    sample.subcategory.as_str(),
+                    sample.ordinal,
+                    sample.generation,
+                    sample.reference.as_str(),
+                    sample.reference_name.as_str(),
+                    sample.seed,
                 )
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for (sample, id) in chunk_samples.iter().zip(chunk_ids) {
-                q = q
-                    .bind(id)
-                    .bind(&run.0)
-                    .bind(&sample.subcategory)
-                    .bind(sample.ordinal)
-                    .bind(sample.generation)
-                    .bind(&sample.reference)
-                    .bind(&sample.reference_name)
-                    .bind(sample.seed)
-                    .bind(now)
-                    .bind(now);
-            }
-            q.execute(&mut *tx).await.map_err(query(OP))?;
-        }
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO samples (id, run_id, subcategory, ordinal, generation, reference, reference_name, seed, state, created_at, updated_at) \
+             SELECT e.value ->> 0, CAST($2 AS TEXT), e.value ->> 1, CAST(e.value ->> 2 AS BIGINT), CAST(e.value ->> 3 AS BIGINT), \
+                    e.value ->> 4, e.value ->> 5, CAST(e.value ->> 6 AS BIGINT), 'active', CAST($3 AS BIGINT), CAST($3 AS BIGINT) \
+             FROM {} ORDER BY e.key",
+            rows::source(backend, 1)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(rows::encode(&sample_rows))
+            .bind(&run.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(query(OP))?;
         // Tasks, then their ids by (sample, stage, item).
         let rows: Vec<(&str, &crate::model::NewTask)> = samples
             .iter()
             .zip(&ids)
             .flat_map(|(sample, id)| sample.tasks.iter().map(move |t| (id.as_str(), t)))
             .collect();
-        let mut task_ids: HashMap<(String, String, i64), i64> = HashMap::with_capacity(rows.len());
-        for chunk in rows.chunks(ROWS_PER_INSERT / 9) {
-            let sql = format!(
-                "INSERT INTO tasks (run_id, sample_id, stage, item, state, deps_pending, cache_key, created_at, updated_at) VALUES {} \
-                 RETURNING id, sample_id, stage, item",
-                placeholders(chunk.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for (sample, task) in chunk {
+        let task_rows: Vec<_> = rows
+            .iter()
+            .map(|(sample, task)| {
                 let pending = i64::try_from(task.needs.len()).unwrap_or(i64::MAX);
                 let state = if pending == 0 { "ready" } else { "blocked" };
-                q = q
-                    .bind(&run.0)
-                    .bind(*sample)
-                    .bind(&task.stage)
-                    .bind(task.item)
-                    .bind(state)
-                    .bind(pending)
-                    .bind(task.cache_key.as_deref())
-                    .bind(now)
-                    .bind(now);
-            }
-            for row in q.fetch_all(&mut *tx).await.map_err(query(OP))? {
-                let sample: String = get(&row, "sample_id", OP)?;
-                let stage: String = get(&row, "stage", OP)?;
-                let item: i64 = get(&row, "item", OP)?;
-                task_ids.insert((sample, stage, item), get(&row, "id", OP)?);
-            }
+                (
+                    *sample,
+                    task.stage.as_str(),
+                    task.item,
+                    state,
+                    pending,
+                    task.cache_key.as_deref(),
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO tasks (run_id, sample_id, stage, item, state, deps_pending, cache_key, created_at, updated_at) \
+             SELECT CAST($2 AS TEXT), e.value ->> 0, e.value ->> 1, CAST(e.value ->> 2 AS BIGINT), e.value ->> 3, \
+                    CAST(e.value ->> 4 AS BIGINT), e.value ->> 5, CAST($3 AS BIGINT), CAST($3 AS BIGINT) \
+             FROM {} ORDER BY e.key \
+             RETURNING id, sample_id, stage, item",
+            rows::source(backend, 1)
+        );
+        let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(rows::encode(&task_rows))
+            .bind(&run.0)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query(OP))?;
+        let mut task_ids: HashMap<(String, String, i64), i64> = HashMap::with_capacity(rows.len());
+        let mut ready = Vec::new();
+        for row in found {
+            let sample: String = get(&row, "sample_id", OP)?;
+            let stage: String = get(&row, "stage", OP)?;
+            let item: i64 = get(&row, "item", OP)?;
+            task_ids.insert((sample, stage, item), get(&row, "id", OP)?);
         }
         let mut edges: Vec<(i64, i64)> = Vec::new();
         for (sample, task) in &rows {
+            if task.needs.is_empty()
+                && let Some(&id) =
+                    task_ids.get(&((*sample).to_string(), task.stage.clone(), task.item))
+            {
+                ready.push(TaskId(id));
+            }
             let key = |stage: &str, item: i64| ((*sample).to_string(), stage.to_string(), item);
             let Some(&task_id) = task_ids.get(&key(&task.stage, task.item)) else {
                 return Err(StoreError::Corrupt {
@@ -135,22 +145,26 @@ impl Store {
                 edges.push((task_id, dep_id));
             }
         }
-        for chunk in edges.chunks(ROWS_PER_INSERT / 2) {
-            // Integers we hold ourselves: inlined, no injection is possible.
-            let values = chunk
-                .iter()
-                .map(|(t, d)| format!("({t}, {d})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("INSERT INTO task_deps (task_id, dep_id) VALUES {values}");
+        if !edges.is_empty() {
+            let sql = format!(
+                "INSERT INTO task_deps (task_id, dep_id) \
+                 SELECT CAST(e.value ->> 0 AS BIGINT), CAST(e.value ->> 1 AS BIGINT) FROM {}",
+                rows::source(backend, 1)
+            );
             sqlx::query(sqlx::AssertSqlSafe(sql))
-                .persistent(false)
+                .bind(rows::encode(&edges))
                 .execute(&mut *tx)
                 .await
                 .map_err(query(OP))?;
         }
+        let leased = match hand_off {
+            Some(hand_off) => {
+                crate::tasks::lease_ready(&mut tx, backend, &ready, hand_off, now).await?
+            }
+            None => Vec::new(),
+        };
         tx.commit().await.map_err(query(OP))?;
-        Ok(ids.into_iter().map(SampleId).collect())
+        Ok((ids.into_iter().map(SampleId).collect(), leased))
     }
 
     /// Decides an active sample: accepted, rejected or failed, recording the stage and reason,

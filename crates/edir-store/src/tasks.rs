@@ -16,6 +16,7 @@ use crate::model::{
     BatchOutcome, Claim, Completion, Failure, Outcome, RunId, SampleId, TaskId, TaskRecord,
     TaskState,
 };
+use crate::rows;
 use crate::store::{EventRow, Store, get, insert_event};
 use crate::url::Backend;
 
@@ -46,16 +47,6 @@ WHERE id = $7 AND state = 'leased' AND lease_owner = $8 AND attempts = $9 AND le
 /// When a lease taken at `now` for `lease` expires (ms).
 pub(crate) fn lease_expiry(now: i64, lease: Duration) -> i64 {
     now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// `1,2,3`: task ids for an `IN (...)` list. Integers we format ourselves, so inlining them
-/// cannot inject anything.
-fn id_list(tasks: &[TaskId]) -> String {
-    tasks
-        .iter()
-        .map(|t| t.0.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// A claim from a row of `RETURNING id, sample_id, stage, item, attempts`.
@@ -154,7 +145,7 @@ impl Store {
         let mut tx = self.write(OP).await?;
         let mut outcome = BatchOutcome::default();
         let refs: Vec<&Completion> = completions.iter().collect();
-        let done = complete_many(&mut tx, &refs, now).await?;
+        let done = complete_many(&mut tx, self.backend(), &refs, now).await?;
         let mut written = Vec::with_capacity(completions.len());
         for c in completions {
             if done.contains(&c.task) {
@@ -164,7 +155,7 @@ impl Store {
                 outcome.lost.push(c.task);
             }
         }
-        ready_dependents(&mut tx, &written, now).await?;
+        ready_dependents(&mut tx, self.backend(), &written, now).await?;
         tx.commit().await.map_err(query(OP))?;
         Ok(outcome)
     }
@@ -336,137 +327,179 @@ pub(crate) async fn fail_in(
     Ok(true)
 }
 
-/// Completions per multi-row `complete_many` statement (11 parameters each; see
-/// `ROWS_PER_INSERT` in samples.rs for why statements stay small).
-const COMPLETE_CHUNK: usize = 16;
-
-/// Writes many completions with one statement per 16; returns the tasks written. Each write
-/// is fenced by its lease (`id`, `owner`, `attempt`, not expired): a task whose lease was lost
-/// or expired is not written.
+/// Writes many completions in one statement; returns the tasks written. Each write is fenced
+/// by its lease (`id`, `owner`, `attempt`, not expired): a task whose lease was lost or
+/// expired is not written.
 pub(crate) async fn complete_many(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     completions: &[&Completion],
     now: i64,
 ) -> Result<std::collections::HashSet<TaskId>, StoreError> {
     const OP: &str = "complete tasks";
     let mut written = std::collections::HashSet::new();
-    for chunk in completions.chunks(COMPLETE_CHUNK) {
-        let row = "(CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), \
-                   CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT))";
-        let mut values = String::new();
-        let mut n = 1; // $1 is now
-        for i in 0..chunk.len() {
-            if i > 0 {
-                values.push_str(", ");
-            }
-            for c in row.chars() {
-                if c == '?' {
-                    n += 1;
-                    values.push('$');
-                    values.push_str(&n.to_string());
-                } else {
-                    values.push(c);
-                }
-            }
-        }
-        let sql = format!(
-            "UPDATE tasks SET state = v.column4, output_json = v.column5, output_artifact = v.column6, \
-                cache_key = COALESCE(v.column7, tasks.cache_key), endpoint = v.column8, latency_ms = v.column9, \
-                prompt_tokens = v.column10, completion_tokens = v.column11, \
-                lease_owner = NULL, lease_expires_at = NULL, error_class = NULL, error_message = NULL, \
-                updated_at = $1, finished_at = $1 \
-             FROM (VALUES {values}) AS v \
-             WHERE tasks.id = v.column1 AND tasks.state = 'leased' AND tasks.lease_owner = v.column2 \
-               AND tasks.attempts = v.column3 AND tasks.lease_expires_at >= $1 \
-             RETURNING tasks.id"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(now);
-        for c in chunk {
+    if completions.is_empty() {
+        return Ok(written);
+    }
+    let rows: Vec<_> = completions
+        .iter()
+        .map(|c| {
             let state = match c.outcome {
                 Outcome::Done => TaskState::Done,
                 Outcome::Skipped => TaskState::Skipped,
             };
-            q = q
-                .bind(c.task.0)
-                .bind(c.owner.as_str())
-                .bind(c.attempt)
-                .bind(state.as_str())
-                .bind(c.output_json.as_deref())
-                .bind(c.output_artifact.as_deref())
-                .bind(c.cache_key.as_deref())
-                .bind(c.endpoint.as_deref())
-                .bind(c.latency_ms)
-                .bind(c.prompt_tokens)
-                .bind(c.completion_tokens);
-        }
-        for row in q.fetch_all(&mut **tx).await.map_err(query(OP))? {
-            written.insert(TaskId(get(&row, "id", OP)?));
-        }
+            (
+                c.task.0,
+                c.owner.as_str(),
+                c.attempt,
+                state.as_str(),
+                c.output_json.as_deref(),
+                c.output_artifact.as_deref(),
+                c.cache_key.as_deref(),
+                c.endpoint.as_deref(),
+                c.latency_ms,
+                c.prompt_tokens,
+                c.completion_tokens,
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE tasks SET state = v.state, output_json = v.output_json, output_artifact = v.output_artifact, \
+            cache_key = COALESCE(v.cache_key, tasks.cache_key), endpoint = v.endpoint, latency_ms = v.latency_ms, \
+            prompt_tokens = v.prompt_tokens, completion_tokens = v.completion_tokens, \
+            lease_owner = NULL, lease_expires_at = NULL, error_class = NULL, error_message = NULL, \
+            updated_at = $2, finished_at = $2 \
+         FROM (SELECT CAST(e.value ->> 0 AS BIGINT) AS id, e.value ->> 1 AS owner, \
+                      CAST(e.value ->> 2 AS BIGINT) AS attempt, e.value ->> 3 AS state, \
+                      e.value ->> 4 AS output_json, e.value ->> 5 AS output_artifact, \
+                      e.value ->> 6 AS cache_key, e.value ->> 7 AS endpoint, \
+                      CAST(e.value ->> 8 AS BIGINT) AS latency_ms, CAST(e.value ->> 9 AS BIGINT) AS prompt_tokens, \
+                      CAST(e.value ->> 10 AS BIGINT) AS completion_tokens \
+               FROM {}) AS v \
+         WHERE tasks.id = v.id AND tasks.state = 'leased' AND tasks.lease_owner = v.owner \
+           AND tasks.attempts = v.attempt AND tasks.lease_expires_at >= $2 \
+         RETURNING tasks.id",
+        rows::source(backend, 1)
+    );
+    let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(rows::encode(&rows))
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query(OP))?;
+    for row in found {
+        written.insert(TaskId(get(&row, "id", OP)?));
     }
     Ok(written)
 }
 
-/// Tasks per `ready_dependents` statement (their ids are inlined as integer literals).
-const READY_CHUNK: usize = 500;
+/// `[[id], ...]`: task ids as the rows of a JSON parameter.
+fn id_rows(tasks: &[TaskId]) -> String {
+    let ids: Vec<[i64; 1]> = tasks.iter().map(|t| [t.0]).collect();
+    rows::encode(&ids)
+}
 
 /// Decrements the pending count of every dependent of `tasks` (once per finished dependency)
-/// and readies those with none left: one statement per 500 finished tasks.
+/// and readies those with none left, in one statement.
 pub(crate) async fn ready_dependents(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     tasks: &[TaskId],
     now: i64,
 ) -> Result<(), StoreError> {
-    for chunk in tasks.chunks(READY_CHUNK) {
-        let ids = id_list(chunk);
-        // One aggregate over the edges, joined once: cost linear in the batch.
-        let sql = format!(
-            "UPDATE tasks SET \
-                state = CASE WHEN tasks.state = 'blocked' AND tasks.deps_pending - c.n <= 0 THEN 'ready' ELSE tasks.state END, \
-                deps_pending = tasks.deps_pending - c.n, updated_at = $1 \
-             FROM (SELECT task_id, COUNT(*) AS n FROM task_deps WHERE dep_id IN ({ids}) GROUP BY task_id) AS c \
-             WHERE tasks.id = c.task_id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(query("ready dependents"))?;
+    if tasks.is_empty() {
+        return Ok(());
     }
+    // One aggregate over the edges, joined once: cost linear in the batch.
+    let sql = format!(
+        "UPDATE tasks SET \
+            state = CASE WHEN tasks.state = 'blocked' AND tasks.deps_pending - c.n <= 0 THEN 'ready' ELSE tasks.state END, \
+            deps_pending = tasks.deps_pending - c.n, updated_at = $2 \
+         FROM (SELECT task_id, COUNT(*) AS n FROM task_deps \
+               WHERE dep_id IN (SELECT CAST(e.value ->> 0 AS BIGINT) FROM {}) GROUP BY task_id) AS c \
+         WHERE tasks.id = c.task_id",
+        rows::source(backend, 1)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id_rows(tasks))
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(query("ready dependents"))?;
     Ok(())
 }
 
 /// Leases the ready dependents of `tasks` to the hand-off's owner; returns the claims.
 pub(crate) async fn lease_dependents(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    tasks: &[TaskId],
+    hand_off: &crate::checkpoint::HandOff,
+    now: i64,
+) -> Result<Vec<Claim>, StoreError> {
+    lease_in(
+        tx,
+        backend,
+        "SELECT task_id FROM task_deps WHERE dep_id IN",
+        tasks,
+        hand_off,
+        now,
+    )
+    .await
+}
+
+/// Leases those of `tasks` that are ready to the hand-off's owner; returns the claims.
+pub(crate) async fn lease_ready(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    tasks: &[TaskId],
+    hand_off: &crate::checkpoint::HandOff,
+    now: i64,
+) -> Result<Vec<Claim>, StoreError> {
+    lease_in(tx, backend, "SELECT", tasks, hand_off, now).await
+}
+
+/// Leases the ready, due tasks whose ids `select` picks given `tasks` (`SELECT task_id FROM
+/// ... WHERE x IN`, followed by the ids, or just `SELECT` for the ids themselves).
+async fn lease_in(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    select: &str,
     tasks: &[TaskId],
     hand_off: &crate::checkpoint::HandOff,
     now: i64,
 ) -> Result<Vec<Claim>, StoreError> {
     const OP: &str = "hand off tasks";
-    let expires = lease_expiry(now, hand_off.lease);
-    let mut claims = Vec::new();
-    for chunk in tasks.chunks(READY_CHUNK) {
-        let ids = id_list(chunk);
-        let sql = format!(
-            "UPDATE tasks SET state = 'leased', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, updated_at = $3 \
-             WHERE state = 'ready' AND not_before <= $3 AND id IN (SELECT task_id FROM task_deps WHERE dep_id IN ({ids})) \
-             RETURNING id, sample_id, stage, item, attempts"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(&hand_off.owner)
-            .bind(expires)
-            .bind(now)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(query(OP))?;
-        for row in &rows {
-            claims.push(claim_from_row(row, &hand_off.owner, expires, OP)?);
-        }
+    if tasks.is_empty() {
+        return Ok(Vec::new());
     }
+    let expires = lease_expiry(now, hand_off.lease);
+    let ids = format!(
+        "SELECT CAST(e.value ->> 0 AS BIGINT) FROM {}",
+        rows::source(backend, 1)
+    );
+    let picked = if select == "SELECT" {
+        ids
+    } else {
+        format!("{select} ({ids})")
+    };
+    let sql = format!(
+        "UPDATE tasks SET state = 'leased', lease_owner = $2, lease_expires_at = $3, attempts = attempts + 1, updated_at = $4 \
+         WHERE state = 'ready' AND not_before <= $4 AND id IN ({picked}) \
+         RETURNING id, sample_id, stage, item, attempts"
+    );
+    let found = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id_rows(tasks))
+        .bind(&hand_off.owner)
+        .bind(expires)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query(OP))?;
+    let mut claims = found
+        .iter()
+        .map(|row| claim_from_row(row, &hand_off.owner, expires, OP))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     claims.sort_by_key(|c| c.id);
     Ok(claims)
 }

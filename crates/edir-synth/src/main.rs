@@ -3,6 +3,9 @@
 //! Exit codes: 0 done; 1 finished with failed samples; 2 usage, configuration or internal
 //! error; 130 interrupted. A broken stdout pipe exits 0.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod commands;
 mod output;
