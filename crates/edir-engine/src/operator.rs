@@ -332,13 +332,18 @@ impl Operators {
                 ),
             ));
         }
-        // Writing (and fsyncing) the file blocks: keep it off the async workers.
-        let artifacts = self.artifacts.clone();
+        // Writing the file blocks (briefly: durability waits for the writer's sync): a small
+        // one is written right here, a large one off the async workers.
         let image = reply.image;
-        let artifact = tokio::task::spawn_blocking(move || artifacts.put(&image))
-            .await
-            .map_err(|e| TaskError::new("internal", e.to_string()))?
-            .map_err(|e| TaskError::new("artifact", e.to_string()))?;
+        let artifact = if image.len() <= INLINE_PUT_BYTES {
+            self.artifacts.put(&image)
+        } else {
+            let artifacts = self.artifacts.clone();
+            tokio::task::spawn_blocking(move || artifacts.put(&image))
+                .await
+                .map_err(|e| TaskError::new("internal", e.to_string()))?
+        }
+        .map_err(|e| TaskError::new("artifact", e.to_string()))?;
         let mut json = json!({"image": artifact});
         if let Some(item) = item {
             json["item"] = item;
@@ -444,6 +449,9 @@ fn filter_environment(artifacts: ArtifactStore) -> minijinja::Environment<'stati
     );
     env
 }
+
+/// Edited images up to this size are stored on the async thread (see `edit`).
+const INLINE_PUT_BYTES: usize = 64 * 1024;
 
 /// A pixel counts as changed when some channel differs by more than this (of 255): well
 /// above JPEG and resampling noise, well below any visible edit.
