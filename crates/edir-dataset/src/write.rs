@@ -7,15 +7,13 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One image of the export.
 #[derive(Debug, Clone)]
 pub struct ExportImage {
     /// File name inside `images/`.
     pub name: String,
-    /// Where the bytes are now.
-    pub source: PathBuf,
     /// BLAKE3 hex of the bytes.
     pub hash: String,
 }
@@ -35,11 +33,16 @@ pub struct Export {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
-/// Writes `export` into `dir` (created when missing).
+/// Writes `export` into `dir` (created when missing); `read` gives an image's bytes (only for
+/// the images not already there with the same content).
 ///
 /// # Errors
-/// I/O errors, naming the file.
-pub fn write(dir: &Path, export: &Export) -> std::io::Result<()> {
+/// I/O errors, naming the file, and those of `read`.
+pub fn write(
+    dir: &Path,
+    export: &Export,
+    read: &dyn Fn(&ExportImage) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<()> {
     let images = dir.join("images");
     fs_err::create_dir_all(&images)?;
     for (name, lines) in [
@@ -62,7 +65,7 @@ pub fn write(dir: &Path, export: &Export) -> std::io::Result<()> {
         keep.insert(image.name.clone());
         let target = images.join(&image.name);
         if !same_content(&target, &image.hash)? {
-            let bytes = fs_err::read(&image.source)?;
+            let bytes = read(image)?;
             write_atomic(&target, &bytes)?;
         }
     }

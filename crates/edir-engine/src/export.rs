@@ -127,14 +127,11 @@ fn safe(name: &str) -> String {
 }
 
 fn extension(artifacts: &ArtifactStore, hash: &str) -> Result<&'static str, EngineError> {
-    let path = artifacts.path(hash);
-    let mut head = [0u8; 16];
-    let mut file = fs_err::File::open(&path).map_err(|e| EngineError::Export {
-        path: path.clone(),
+    let bytes = artifacts.get(hash).map_err(|e| EngineError::Export {
+        path: artifacts.describe(hash),
         message: e.to_string(),
     })?;
-    let n = std::io::Read::read(&mut file, &mut head).unwrap_or(0);
-    Ok(source::extension_of(&head[..n]))
+    Ok(source::extension_of(&bytes[..bytes.len().min(16)]))
 }
 
 struct Exported {
@@ -202,7 +199,6 @@ pub async fn export(
             .entry(name.to_string())
             .or_insert_with(|| ExportImage {
                 name: name.to_string(),
-                source: artifacts.path(hash),
                 hash: hash.to_string(),
             });
     };
@@ -347,13 +343,20 @@ pub async fn export(
         dir: dir.to_path_buf(),
     };
     let dir_owned = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || edir_dataset::write(&dir_owned, &export))
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?
-        .map_err(|e| EngineError::Export {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let artifacts = artifacts.clone();
+    tokio::task::spawn_blocking(move || {
+        edir_dataset::write(&dir_owned, &export, &|image| {
+            artifacts
+                .get(&image.hash)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+    })
+    .await
+    .map_err(|e| EngineError::Internal(e.to_string()))?
+    .map_err(|e| EngineError::Export {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     Ok(summary)
 }
 
