@@ -192,8 +192,8 @@ impl StoreThread {
     }
 }
 
-/// Makes the artifacts written so far durable (one `syncfs`, off the async threads) before a
-/// transaction that refers to them commits.
+/// Makes the artifacts written so far durable (an fdatasync of the open pack, off the async
+/// threads) before a transaction that refers to them commits.
 pub(crate) async fn sync_artifacts(artifacts: &ArtifactStore) -> Result<(), EngineError> {
     if !artifacts.unsynced() {
         return Ok(());
