@@ -37,7 +37,7 @@ const HEADER: u64 = HEADER_LEN as u64;
 /// A pack this process appends to is closed (and a new one started) past this size.
 const PACK_ROLL: u64 = 256 << 20;
 /// Largest artifact accepted (a record's length beyond this marks a corrupt pack).
-const MAX_ARTIFACT: u64 = 1 << 32;
+const MAX_ARTIFACT: u64 = u32::MAX as u64;
 
 /// The artifact folder.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub struct ArtifactStore {
 #[derive(Debug, Default)]
 struct Inner {
     /// Where each artifact of the packs lives.
-    index: RwLock<HashMap<[u8; 32], Location>>,
+    index: RwLock<HashMap<Key, Location>>,
     /// The packs, by number, with how far they were indexed.
     packs: RwLock<Vec<Pack>>,
     /// The pack this process appends to.
@@ -60,11 +60,22 @@ struct Inner {
     synced: Mutex<u64>,
 }
 
+/// The index's key: the first 128 bits of the hash (a collision among a run's millions of
+/// artifacts has a chance below 1e-24; reads check the whole hash anyway). With the 16-byte
+/// location that is 32 bytes an artifact, so a 100,000-sample run's index stays near 30 MB.
+type Key = [u8; 16];
+
+fn key(hash: &[u8; 32]) -> Key {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&hash[..16]);
+    key
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Location {
-    pack: usize,
     offset: u64,
-    len: u64,
+    len: u32,
+    pack: u16,
     /// Read back and matched, or written by this process: a `put` of the same bytes can
     /// rely on it. (A record of a crashed writer may be whole in length, not in content.)
     trusted: bool,
@@ -79,7 +90,7 @@ struct Pack {
 
 #[derive(Debug)]
 struct Writer {
-    pack: usize,
+    pack: u16,
     file: File,
     len: u64,
     /// Appended to (or created) since the last sync.
@@ -174,12 +185,15 @@ impl ArtifactStore {
                     // The tail of a crashed (or still writing) writer's pack.
                     break;
                 }
+                let (Ok(pack), Ok(stored)) = (u16::try_from(number), u32::try_from(len)) else {
+                    break;
+                };
                 let mut hash = [0u8; 32];
                 hash.copy_from_slice(&header[4..36]);
-                index.entry(hash).or_insert(Location {
-                    pack: number,
+                index.entry(key(&hash)).or_insert(Location {
                     offset: offset + HEADER,
-                    len,
+                    len: stored,
+                    pack,
                     trusted: false,
                 });
                 offset += HEADER + len;
@@ -202,17 +216,26 @@ impl ArtifactStore {
             .index
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(digest.as_bytes())
+            .get(&key(digest.as_bytes()))
             .copied();
         if let Some(location) = known {
             if location.trusted {
                 return Ok(hash);
             }
             if self.read_at(&location).is_ok_and(|there| there == bytes) {
-                self.trust(digest.as_bytes());
+                self.trust(&key(digest.as_bytes()));
                 return Ok(hash);
             }
         }
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            return Err(StoreError::Io {
+                path: self.packs_dir(),
+                source: std::io::Error::other(format!(
+                    "an artifact of {} bytes is over the 4 GiB limit",
+                    bytes.len()
+                )),
+            });
+        };
         let mut record = Vec::with_capacity(bytes.len() + HEADER_LEN);
         record.extend_from_slice(MAGIC);
         record.extend_from_slice(digest.as_bytes());
@@ -248,11 +271,11 @@ impl ArtifactStore {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(
-                *digest.as_bytes(),
+                key(digest.as_bytes()),
                 Location {
-                    pack,
                     offset: offset + HEADER,
-                    len: bytes.len() as u64,
+                    len,
+                    pack,
                     trusted: true,
                 },
             );
@@ -260,16 +283,16 @@ impl ArtifactStore {
         Ok(hash)
     }
 
-    fn pack_path(&self, number: usize) -> PathBuf {
+    fn pack_path(&self, number: u16) -> PathBuf {
         self.inner
             .packs
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(number)
+            .get(usize::from(number))
             .map_or_else(|| self.packs_dir(), |p| p.path.clone())
     }
 
-    fn trust(&self, hash: &[u8; 32]) {
+    fn trust(&self, hash: &Key) {
         if let Some(location) = self
             .inner
             .index
@@ -301,13 +324,18 @@ impl ArtifactStore {
             .packs
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let Ok(number) = u16::try_from(packs.len()) else {
+            return Err(io(std::io::Error::other(
+                "too many packs (65,536): start a new work directory",
+            )));
+        };
         packs.push(Pack {
             path: path.clone(),
             file: Arc::new(reader),
             indexed: u64::MAX,
         });
         Ok(Writer {
-            pack: packs.len() - 1,
+            pack: number,
             file,
             len: 0,
             dirty: true,
@@ -382,7 +410,7 @@ impl ArtifactStore {
             .packs
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(location.pack)
+            .get(usize::from(location.pack))
             .map(|p| p.file.clone())
             .ok_or_else(|| std::io::Error::other("no such pack"))?;
         let len = usize::try_from(location.len).map_err(std::io::Error::other)?;
@@ -414,7 +442,7 @@ impl ArtifactStore {
     /// [`StoreError::Io`] when missing or unreadable, [`StoreError::Corrupt`] when the bytes
     /// no longer match the hash.
     pub fn get(&self, hash: &str) -> Result<Vec<u8>, StoreError> {
-        let lookup = |key: &[u8; 32]| {
+        let lookup = |key: &Key| {
             self.inner
                 .index
                 .read()
@@ -462,8 +490,8 @@ impl ArtifactStore {
 }
 
 /// The 32 bytes of a 64-hex-digit hash.
-fn parse_hash(hash: &str) -> Option<[u8; 32]> {
-    blake3::Hash::from_hex(hash).ok().map(|h| *h.as_bytes())
+fn parse_hash(hash: &str) -> Option<Key> {
+    blake3::Hash::from_hex(hash).ok().map(|h| key(h.as_bytes()))
 }
 
 impl Store {
