@@ -87,8 +87,7 @@ pub fn figure_box(scene: &Scene, figure: &Figure) -> (u32, u32, u32, u32) {
 /// Renders a scene.
 #[must_use]
 pub fn render(scene: &Scene) -> Pixels {
-    let mut px = Pixels::new(scene.width.max(1), scene.height.max(1));
-    draw_background(&mut px, scene.background);
+    let mut px = background(scene.background, scene.width.max(1), scene.height.max(1));
     for object in &scene.objects {
         draw_object(&mut px, scene, object);
     }
@@ -99,6 +98,49 @@ pub fn render(scene: &Scene) -> Pixels {
     apply_time(&mut px, scene.time);
     let px = apply_view(&px, scene.mirrored, scene.zoom);
     apply_style(px, scene.style)
+}
+
+/// Backgrounds already drawn, by (kind, width, height): every edit of a scene redraws the
+/// same one, pixel by pixel. Bounded: cleared when it holds more than this many, and only
+/// small pictures (where drawing is a real share of an edit's cost) are kept: 12 MB at most.
+const BACKGROUNDS_KEPT: usize = 64;
+const BACKGROUND_KEPT_PIXELS: u64 = 256 * 256;
+
+/// Drawn backgrounds' pixels by (kind, width, height).
+type Drawn = std::collections::HashMap<(Background, u32, u32), Vec<u8>>;
+static DRAWN: std::sync::Mutex<Option<Drawn>> = std::sync::Mutex::new(None);
+
+/// The background of this kind and size, drawn once (for small pictures).
+fn background(kind: Background, width: u32, height: u32) -> Pixels {
+    if u64::from(width) * u64::from(height) > BACKGROUND_KEPT_PIXELS {
+        let mut px = Pixels::new(width, height);
+        draw_background(&mut px, kind);
+        return px;
+    }
+    let key = (kind, width, height);
+    let cached = DRAWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .and_then(|drawn| drawn.get(&key).cloned());
+    if let Some(data) = cached {
+        return Pixels {
+            width,
+            height,
+            data,
+        };
+    }
+    let mut px = Pixels::new(width, height);
+    draw_background(&mut px, kind);
+    let mut drawn = DRAWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let drawn = drawn.get_or_insert_with(Drawn::new);
+    if drawn.len() >= BACKGROUNDS_KEPT {
+        drawn.clear();
+    }
+    drawn.insert(key, px.data.clone());
+    px
 }
 
 fn rgb(color: Color) -> [u8; 3] {
