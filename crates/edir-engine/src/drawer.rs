@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use edir_store::{HandOff, NewSample};
+use edir_store::NewSample;
 use serde_json::json;
 
 use crate::context::SampleContext;
@@ -106,10 +106,7 @@ impl Drawer {
         let shared = &self.shared;
         crate::engine::sync_artifacts(&shared.artifacts).await?;
         // The first stages' tasks are leased to us in the same transaction (no claim).
-        let hand_off = (!shared.intake.is_cancelled()).then(|| HandOff {
-            owner: shared.owner.clone(),
-            lease: shared.options.lease,
-        });
+        let hand_off = shared.hand_off();
         let (ids, leased) = shared
             .store
             .add_samples_handing_off(&shared.run, &samples, hand_off.as_ref())

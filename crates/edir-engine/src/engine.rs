@@ -150,6 +150,17 @@ pub(crate) struct Shared {
     pub(crate) hard: CancellationToken,
 }
 
+impl Shared {
+    /// Lease what a transaction makes ready to this worker, unless the intake has stopped
+    /// (then it stays `ready` for the next run).
+    pub(crate) fn hand_off(&self) -> Option<edir_store::HandOff> {
+        (!self.intake.is_cancelled()).then(|| edir_store::HandOff {
+            owner: self.owner.clone(),
+            lease: self.options.lease,
+        })
+    }
+}
+
 /// A thread of its own for the tasks that talk to the store on the engine's behalf (the
 /// writer, the drawer, the lease renewer, claims) on SQLite. A checkpoint is a dozen
 /// statements, each a round trip to SQLite's connection thread; on the shared runtime every

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use edir_store::{HandOff, SampleId, SampleState, Step};
+use edir_store::{SampleId, SampleState, Step};
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
@@ -48,10 +48,7 @@ pub(crate) async fn writer(
         }
         let synced = started.elapsed();
         let outcome = loop {
-            let hand_off = (!shared.intake.is_cancelled()).then(|| HandOff {
-                owner: shared.owner.clone(),
-                lease: shared.options.lease,
-            });
+            let hand_off = shared.hand_off();
             match shared
                 .store
                 .checkpoint(&shared.run, &shared.owner, &steps, hand_off.as_ref())

@@ -437,15 +437,7 @@ pub(crate) async fn lease_dependents(
     hand_off: &crate::checkpoint::HandOff,
     now: i64,
 ) -> Result<Vec<Claim>, StoreError> {
-    lease_in(
-        tx,
-        backend,
-        "SELECT task_id FROM task_deps WHERE dep_id IN",
-        tasks,
-        hand_off,
-        now,
-    )
-    .await
+    lease_in(tx, backend, Picked::DependentsOf, tasks, hand_off, now).await
 }
 
 /// Leases those of `tasks` that are ready to the hand-off's owner; returns the claims.
@@ -456,15 +448,23 @@ pub(crate) async fn lease_ready(
     hand_off: &crate::checkpoint::HandOff,
     now: i64,
 ) -> Result<Vec<Claim>, StoreError> {
-    lease_in(tx, backend, "SELECT", tasks, hand_off, now).await
+    lease_in(tx, backend, Picked::These, tasks, hand_off, now).await
 }
 
-/// Leases the ready, due tasks whose ids `select` picks given `tasks` (`SELECT task_id FROM
-/// ... WHERE x IN`, followed by the ids, or just `SELECT` for the ids themselves).
+/// Which tasks [`lease_in`] leases, given a list of task ids.
+#[derive(Clone, Copy)]
+enum Picked {
+    /// Those tasks.
+    These,
+    /// The tasks that depend on them.
+    DependentsOf,
+}
+
+/// Leases the ready, due tasks `picked` names, given `tasks`, to the hand-off's owner.
 async fn lease_in(
     tx: &mut Transaction<'static, Any>,
     backend: Backend,
-    select: &str,
+    picked: Picked,
     tasks: &[TaskId],
     hand_off: &crate::checkpoint::HandOff,
     now: i64,
@@ -478,10 +478,9 @@ async fn lease_in(
         "SELECT CAST(e.value ->> 0 AS BIGINT) FROM {}",
         rows::source(backend, 1)
     );
-    let picked = if select == "SELECT" {
-        ids
-    } else {
-        format!("{select} ({ids})")
+    let picked = match picked {
+        Picked::These => ids,
+        Picked::DependentsOf => format!("SELECT task_id FROM task_deps WHERE dep_id IN ({ids})"),
     };
     let sql = format!(
         "UPDATE tasks SET state = 'leased', lease_owner = $2, lease_expires_at = $3, attempts = attempts + 1, updated_at = $4 \
