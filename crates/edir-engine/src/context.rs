@@ -53,7 +53,8 @@ pub struct SampleContext {
     pub reference_name: String,
     /// The reference's width and height, read once per sample.
     dims: OnceLock<Option<(u32, u32)>>,
-    outputs: Mutex<HashMap<(String, i64), Output>>,
+    /// Stage -> item -> output (nested, so a lookup by `&str` allocates nothing).
+    outputs: Mutex<HashMap<String, HashMap<i64, Output>>>,
 }
 
 impl SampleContext {
@@ -98,7 +99,9 @@ impl SampleContext {
         self.outputs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert((stage.to_string(), item), output);
+            .entry(stage.to_string())
+            .or_default()
+            .insert(item, output);
     }
 
     /// An output, if known.
@@ -107,15 +110,28 @@ impl SampleContext {
         self.outputs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(stage.to_string(), item))
+            .get(stage)
+            .and_then(|items| items.get(&item))
             .cloned()
+    }
+
+    /// What a task's cache key needs of an output (see [`crate::key::task_key`]), computed
+    /// under the lock without copying the output.
+    #[must_use]
+    pub fn digest(&self, stage: &str, item: i64) -> Option<crate::key::OutputDigest> {
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stage)
+            .and_then(|items| items.get(&item))
+            .map(crate::key::OutputDigest::of)
     }
 
     fn has_all(&self, needs: &[(String, i64)]) -> bool {
         let outputs = self.outputs.lock().unwrap_or_else(PoisonError::into_inner);
         needs
             .iter()
-            .all(|(s, i)| outputs.contains_key(&(s.clone(), *i)))
+            .all(|(s, i)| outputs.get(s).is_some_and(|items| items.contains_key(i)))
     }
 
     /// Loads every finished output of this sample from the store (what the cache missed).

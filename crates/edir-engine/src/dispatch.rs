@@ -195,9 +195,10 @@ async fn execute(shared: &Shared, index: usize, claim: Claim) -> Written {
                 Verdict::Continue => (Then::Continue, false),
             };
             let cache_key = context.as_ref().map(|context| {
-                let upstream: Vec<(&str, i64, Option<Output>)> = shared.needs[index]
+                let upstream: Vec<(&str, i64, Option<crate::key::OutputDigest>)> = shared.needs
+                    [index]
                     .iter()
-                    .map(|(s, i)| (s.as_str(), *i, context.get(s, *i)))
+                    .map(|(s, i)| (s.as_str(), *i, context.digest(s, *i)))
                     .collect();
                 crate::key::task_key(
                     &shared.stage_keys[index],

@@ -310,9 +310,13 @@ impl Operators {
             None => String::new(),
         };
         let s = &stage.sampling;
+        let file_name = format!("image.{}", source::extension_of(&bytes));
         let request = EditRequest {
-            image: bytes::Bytes::from(bytes.as_ref().clone()),
-            file_name: format!("image.{}", source::extension_of(&bytes)),
+            // The only reference to the bytes: moved, not copied.
+            image: bytes::Bytes::from(
+                Arc::try_unwrap(bytes).unwrap_or_else(|b| b.as_ref().clone()),
+            ),
+            file_name,
             mime: mime.to_string(),
             prompt,
             seed: Some(seed),

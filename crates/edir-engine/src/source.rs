@@ -230,9 +230,24 @@ pub fn load_reference(
     })
 }
 
-/// Image width and height from encoded bytes (header only), if readable.
+/// Image width and height from encoded bytes (header only), if readable. A PNG's come from
+/// its `IHDR` chunk (CRC checked) without setting up a decoder; other formats ask the `image`
+/// crate.
 #[must_use]
 pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if let Some(rest) = bytes.strip_prefix(PNG) {
+        // length (13), `IHDR`, width, height, 5 more bytes, CRC over type and data.
+        let header = rest.get(..25)?;
+        if header[..8] != *b"\0\0\0\x0dIHDR"
+            || crc32fast::hash(&header[4..21]).to_be_bytes() != header[21..25]
+        {
+            return None;
+        }
+        let width = u32::from_be_bytes(header[8..12].try_into().ok()?);
+        let height = u32::from_be_bytes(header[12..16].try_into().ok()?);
+        return (width > 0 && height > 0).then_some((width, height));
+    }
     ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .ok()?
@@ -321,5 +336,31 @@ mod tests {
         assert!(error.contains("decode"), "{error}");
         let error = load_reference(&r, 1024, 0.000_001).unwrap_err();
         assert!(error.contains("max_file_mb"), "{error}");
+    }
+
+    #[test]
+    fn png_dimensions_come_from_a_checked_header() {
+        let mut png = Vec::new();
+        image::RgbImage::new(37, 21)
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        assert_eq!(dimensions(&png), Some((37, 21)));
+        // The same as the image crate says.
+        let by_crate = ImageReader::new(Cursor::new(&png))
+            .with_guessed_format()
+            .unwrap()
+            .into_dimensions()
+            .unwrap();
+        assert_eq!(dimensions(&png), Some(by_crate));
+        let mut damaged = png.clone();
+        damaged[18] ^= 0x40; // inside the width: the CRC no longer matches
+        assert_eq!(dimensions(&damaged), None);
+        assert_eq!(dimensions(&png[..20]), None);
+        assert_eq!(dimensions(b"\x89PNG\r\n\x1a\nnot really"), None);
+        let mut jpeg = Vec::new();
+        image::RgbImage::new(9, 5)
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        assert_eq!(dimensions(&jpeg), Some((9, 5)));
     }
 }

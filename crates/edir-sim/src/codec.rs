@@ -67,19 +67,40 @@ pub fn encode_jpeg(pixels: &Pixels) -> Result<Vec<u8>, CodecError> {
     Ok(out.into_inner())
 }
 
-/// Only the scene of a PNG, if it carries one (cheap: no pixel decoding).
+/// Only the scene of a PNG, if it carries one (cheap: walks the chunks before the image data,
+/// checks the text chunk's CRC, decodes no pixels and sets up no PNG decoder).
 #[must_use]
 pub fn read_scene(bytes: &[u8]) -> Option<Scene> {
-    if !bytes.starts_with(b"\x89PNG") {
-        return None;
+    serde_json::from_str(&scene_text(bytes)?).ok()
+}
+
+/// The `edir-scene` text of a PNG: the chunks up to the first `IDAT`, as a PNG decoder's
+/// header pass sees them (Latin-1 text, as `tEXt` is defined).
+fn scene_text(bytes: &[u8]) -> Option<String> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let mut rest = bytes.strip_prefix(SIGNATURE)?;
+    loop {
+        let length = usize::try_from(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?)).ok()?;
+        let chunk = rest.get(4..8 + length + 4)?;
+        let (typed, crc) = chunk.split_at(4 + length);
+        let (kind, data) = typed.split_at(4);
+        match kind {
+            b"IDAT" | b"IEND" => return None,
+            b"tEXt" => {
+                if crc32fast::hash(typed).to_be_bytes() != crc {
+                    return None;
+                }
+                if let Some(text) = data
+                    .strip_prefix(SCENE_KEY.as_bytes())
+                    .and_then(|t| t.strip_prefix(b"\0"))
+                {
+                    return Some(text.iter().map(|&b| char::from(b)).collect());
+                }
+            }
+            _ => {}
+        }
+        rest = &rest[8 + length + 4..];
     }
-    let decoder = png::Decoder::new(Cursor::new(bytes));
-    let reader = decoder.read_info().ok()?;
-    let info = reader.info();
-    info.uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == SCENE_KEY)
-        .and_then(|t| serde_json::from_str(&t.text).ok())
 }
 
 /// Decodes any supported image to RGB pixels, with its scene when it carries one.
@@ -122,6 +143,26 @@ mod tests {
         let (decoded, read) = decode(&png).unwrap();
         assert_eq!(read.as_ref(), Some(&scene));
         assert_eq!(decoded, pixels);
+    }
+
+    #[test]
+    fn the_scene_is_read_without_a_decoder_and_a_damaged_chunk_is_none() {
+        let scene = Scene::random(&mut Rng::new(11), 64, 64);
+        let png = encode_png(&crate::render::render(&scene), Some(&scene)).unwrap();
+        assert_eq!(read_scene(&png).as_ref(), Some(&scene));
+        // What the png crate reads from the same bytes.
+        let reader = png::Decoder::new(Cursor::new(&png)).read_info().unwrap();
+        let text = &reader.info().uncompressed_latin1_text;
+        assert_eq!(scene_text(&png).as_deref(), Some(text[0].text.as_str()));
+        // A flipped byte inside the text chunk fails its CRC; a cut file ends the walk.
+        let at = png.windows(4).position(|w| w == b"tEXt").unwrap() + 20;
+        let mut damaged = png.clone();
+        damaged[at] ^= 0x01;
+        assert!(read_scene(&damaged).is_none());
+        assert!(read_scene(&png[..at]).is_none());
+        // A PNG without a scene has none.
+        let plain = encode_png(&crate::render::render(&scene), None).unwrap();
+        assert!(read_scene(&plain).is_none());
     }
 
     #[test]
