@@ -5,7 +5,7 @@
 //! task another host finished) is loaded from the store, and an output the cache lacks is
 //! looked up there before a task gives up on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use edir_config::{ImageRef, Pipeline};
@@ -252,31 +252,50 @@ fn check(
 }
 
 /// Builds the template variables of one task: the sample's and the upstream outputs (a
-/// fan-out task adds its `item`).
+/// fan-out task adds its `item`). With `reads`, only those top-level names are built (what
+/// the task's templates read; the rest would be copied for nothing).
 pub fn variables(
     pipeline: &Pipeline,
     items: &HashMap<String, i64, impl std::hash::BuildHasher>,
     context: &SampleContext,
     reference_dims: Option<(u32, u32)>,
+    reads: Option<&HashSet<String, impl std::hash::BuildHasher>>,
 ) -> Value {
+    let wanted = |name: &str| reads.is_none_or(|reads| reads.contains(name));
+    let mut map = serde_json::Map::new();
+    if wanted("reference") {
+        let (width, height) = reference_dims.unwrap_or((0, 0));
+        map.insert(
+            "reference".into(),
+            json!({
+                "name": context.reference_name,
+                "width": width,
+                "height": height,
+                "hash": context.reference,
+            }),
+        );
+    }
     let subcategory = pipeline.taxonomy.find(&context.subcategory);
-    let category = subcategory.and_then(|s| pipeline.taxonomy.category(&s.category));
-    let (width, height) = reference_dims.unwrap_or((0, 0));
-    let mut vars = json!({
-        "reference": {
-            "name": context.reference_name,
-            "width": width,
-            "height": height,
-            "hash": context.reference,
-        },
-        "subcategory": subcategory,
-        "category": category,
-        "num_negatives": pipeline.quota.negatives,
-        "seed": context.seed,
-        "sample_id": context.id.0,
-    });
-    let map = vars.as_object_mut().expect("a JSON object");
+    if wanted("subcategory") {
+        map.insert("subcategory".into(), json!(subcategory));
+    }
+    if wanted("category") {
+        let category = subcategory.and_then(|s| pipeline.taxonomy.category(&s.category));
+        map.insert("category".into(), json!(category));
+    }
+    if wanted("num_negatives") {
+        map.insert("num_negatives".into(), json!(pipeline.quota.negatives));
+    }
+    if wanted("seed") {
+        map.insert("seed".into(), json!(context.seed));
+    }
+    if wanted("sample_id") {
+        map.insert("sample_id".into(), json!(context.id.0));
+    }
     for stage in &pipeline.stages {
+        if !wanted(&stage.id) {
+            continue;
+        }
         let n = items.get(&stage.id).copied().unwrap_or(1);
         if stage.for_each.is_some() {
             let mut images = Vec::new();
@@ -303,7 +322,7 @@ pub fn variables(
             map.insert(stage.id.clone(), output.json);
         }
     }
-    vars
+    Value::Object(map)
 }
 
 /// The artifact hashes an image reference stands for, in order.

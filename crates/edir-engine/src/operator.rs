@@ -1,7 +1,7 @@
 //! The stage operators: `chat`, `judge`, `edit` (with fan-out) and `filter`, each turning a
 //! claimed task and its sample's context into an output, a verdict, or a classed error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use edir_config::{Operator, Pipeline, Stage};
@@ -92,6 +92,9 @@ pub struct Operators {
     schemas: HashMap<String, SchemaCheck>,
     items: HashMap<String, i64>,
     filters: Arc<minijinja::Environment<'static>>,
+    /// Per stage, the top-level variables its templates and fan-out read (`None`: all of them,
+    /// for a filter, whose expression may name anything).
+    reads: HashMap<String, Option<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Operators {
@@ -122,6 +125,11 @@ impl Operators {
             }
         }
         let filters = Arc::new(filter_environment(artifacts.clone()));
+        let reads = pipeline
+            .stages
+            .iter()
+            .map(|stage| (stage.id.clone(), stage_reads(stage)))
+            .collect();
         Ok(Self {
             pipeline,
             endpoints,
@@ -129,6 +137,7 @@ impl Operators {
             schemas,
             items,
             filters,
+            reads,
         })
     }
 
@@ -151,7 +160,8 @@ impl Operators {
         let dims = context
             .reference_dims(&self.artifacts)
             .map_err(|e| TaskError::new("artifact", e.to_string()))?;
-        let mut vars = context::variables(&self.pipeline, &self.items, context, dims);
+        let reads = self.reads.get(&stage.id).and_then(Option::as_ref);
+        let mut vars = context::variables(&self.pipeline, &self.items, context, dims, reads);
         let mut item_value = None;
         if let Some(field) = &stage.for_each {
             let value = vars
@@ -365,6 +375,23 @@ impl Operators {
     }
 }
 
+/// The top-level variables `stage` reads: its templates' names and its fan-out's stage;
+/// `None` (all) for a filter.
+fn stage_reads(stage: &Stage) -> Option<HashSet<String>> {
+    if matches!(stage.op, Operator::Filter { .. }) {
+        return None;
+    }
+    let mut reads: HashSet<String> = [&stage.system, &stage.prompt]
+        .into_iter()
+        .flatten()
+        .flat_map(|prompt| prompt.template.heads().iter().cloned())
+        .collect();
+    if let Some(field) = &stage.for_each {
+        reads.insert(field.stage.clone());
+    }
+    Some(reads)
+}
+
 fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -496,6 +523,43 @@ pub fn image_distance(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_reads_its_templates_names_and_its_fan_out_and_a_filter_reads_all() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/full.yaml");
+        let pipeline = edir_config::compile_file(&path)
+            .pipeline
+            .expect("full.yaml compiles");
+        let reads = |id: &str| stage_reads(pipeline.stages.iter().find(|s| s.id == id).unwrap());
+        let query = reads("query").unwrap();
+        assert!(query.contains("instruct"), "{query:?}");
+        assert!(
+            !query.contains("judge_edit") && !query.contains("negatives"),
+            "{query:?}"
+        );
+        // `negatives` fans out over `instruct.extra_changes` and renders `item`.
+        let negatives = reads("negatives").unwrap();
+        assert!(
+            negatives.contains("instruct") && negatives.contains("item"),
+            "{negatives:?}"
+        );
+        assert_eq!(reads("no_op"), None);
+        assert_eq!(reads("feasible"), None);
+        // Every name a template reads is among them.
+        for stage in &pipeline.stages {
+            if let Some(reads) = stage_reads(stage) {
+                for prompt in [&stage.system, &stage.prompt].into_iter().flatten() {
+                    assert!(
+                        prompt
+                            .template
+                            .heads()
+                            .is_subset(&reads.iter().cloned().collect())
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn judges_accept_only_an_explicit_accept() {

@@ -31,6 +31,8 @@ pub struct Template {
     source: String,
     hash: String,
     variables: BTreeSet<String>,
+    /// The top-level names of `variables`: all a render converts of its context.
+    heads: BTreeSet<String>,
     env: Environment<'static>,
 }
 
@@ -75,16 +77,21 @@ impl Template {
                 line: error.line().unwrap_or(1),
                 message: error.detail().unwrap_or("invalid template").to_string(),
             })?;
-        let variables = env
+        let variables: BTreeSet<String> = env
             .get_template(MAIN)
             .map(|t| t.undeclared_variables(true).into_iter().collect())
             .unwrap_or_default();
         let hash = content_hash(source.as_bytes());
+        let heads = variables
+            .iter()
+            .map(|path: &String| path.split('.').next().unwrap_or(path).to_string())
+            .collect();
         Ok(Self {
             name,
             source,
             hash,
             variables,
+            heads,
             env,
         })
     }
@@ -111,6 +118,12 @@ impl Template {
     #[must_use]
     pub fn variables(&self) -> &BTreeSet<String> {
         &self.variables
+    }
+
+    /// The top-level names the template reads (`instruct` for `{{ instruct.edit }}`).
+    #[must_use]
+    pub fn heads(&self) -> &BTreeSet<String> {
+        &self.heads
     }
 
     /// The variables with the position of their first textual occurrence, for diagnostics.
@@ -143,9 +156,26 @@ impl Template {
             },
         };
         let template = self.env.get_template(MAIN).map_err(render_error)?;
-        template
-            .render(minijinja::Value::from(minijinja::value::Serde(context)))
-            .map_err(render_error)
+        // Only what the template reads is converted: the context holds every upstream output
+        // of the sample, most of it unread by any one template. A name the context lacks stays
+        // missing, so strict undefined behaviour is the same as with the whole context.
+        let context = match context.as_object() {
+            Some(map) => minijinja::Value::from_object(
+                self.heads
+                    .iter()
+                    .filter_map(|head| {
+                        map.get(head).map(|v| {
+                            (
+                                minijinja::Value::from(head.as_str()),
+                                minijinja::Value::from(minijinja::value::Serde(v)),
+                            )
+                        })
+                    })
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+            None => minijinja::Value::from(minijinja::value::Serde(context)),
+        };
+        template.render(context).map_err(render_error)
     }
 }
 
@@ -233,5 +263,75 @@ mod tests {
         assert_eq!((item.line, item.column), (Some(2), Some(34)));
         let edit = uses.iter().find(|u| u.path == "instruct.edit").unwrap();
         assert_eq!((edit.line, edit.column), (Some(2), Some(10)));
+    }
+
+    /// A context where every path `template` reads is a string, plus keys it does not read.
+    fn context_for(template: &Template) -> serde_json::Value {
+        let mut context = json!({"unread": {"big": vec!["x"; 64]}, "seed": 7});
+        for path in template.variables() {
+            let mut at = &mut context;
+            let segments: Vec<&str> = path.split('.').collect();
+            for (i, segment) in segments.iter().enumerate() {
+                let last = i + 1 == segments.len();
+                let map = at.as_object_mut().expect("an object on the way");
+                at = map.entry((*segment).to_string()).or_insert_with(|| {
+                    if last {
+                        json!(format!("v-{path}"))
+                    } else {
+                        json!({})
+                    }
+                });
+                if !last && !at.is_object() {
+                    *at = json!({});
+                }
+            }
+        }
+        context
+    }
+
+    #[test]
+    fn rendering_only_what_is_read_gives_the_same_text_for_every_shipped_prompt() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../prompts");
+        let mut checked = 0;
+        for entry in fs_err::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "md") {
+                continue;
+            }
+            let template = Template::from_file(&path).unwrap();
+            let context = context_for(&template);
+            let whole = template
+                .env
+                .get_template(MAIN)
+                .unwrap()
+                .render(minijinja::Value::from(minijinja::value::Serde(&context)))
+                .map_err(|e| e.to_string());
+            let pruned = template.render(&context).map_err(|e| e.to_string());
+            assert!(whole.is_ok(), "{}: {whole:?}", path.display());
+            assert_eq!(pruned, whole, "{}", path.display());
+            checked += 1;
+        }
+        assert!(
+            checked >= 5,
+            "only {checked} prompts found in {}",
+            dir.display()
+        );
+        // Inline templates with loops, filters and tests over what they read.
+        let t = Template::inline(
+            "t",
+            "{% for e in s.examples %}{{ loop.index }}:{{ e }} {% endfor %}{{ s.examples | length }} \
+             {{ x is defined }} {{ n + 1 }}",
+        )
+        .unwrap();
+        let context =
+            json!({"s": {"examples": ["a", "b"], "label": "L"}, "x": null, "n": 2, "o": 1});
+        let whole = t
+            .env
+            .get_template(MAIN)
+            .unwrap()
+            .render(minijinja::Value::from(minijinja::value::Serde(&context)))
+            .unwrap();
+        assert_eq!(whole, "1:a 2:b 2 True 3");
+        assert_eq!(t.render(&context).unwrap(), whole);
     }
 }
