@@ -25,9 +25,14 @@ pub(crate) async fn writer(
     while let Some(first) = rx.recv().await {
         batch.push(first);
         // Group commit: gather for up to LINGER (or a full batch), so a checkpoint's fixed
-        // cost (an artifact sync, a transaction) is spread over many results.
+        // cost (an artifact sync, a transaction) is spread over many results; but not while
+        // no task is running, when no result can come (the end of a run, a quiet stage chain:
+        // waiting would only add LINGER to every hop of the samples still in progress).
         let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < shared.options.batch {
+            if rx.is_empty() && nothing_running(&shared) {
+                break;
+            }
             match rx.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -163,4 +168,13 @@ pub(crate) async fn writer(
         batch.clear();
     }
     Ok(())
+}
+
+/// Whether no task is running now (their results are sent after they stop counting).
+fn nothing_running(shared: &Shared) -> bool {
+    shared
+        .progress
+        .stages
+        .iter()
+        .all(|s| s.in_flight.load(Ordering::Relaxed) <= 0)
 }
