@@ -122,74 +122,164 @@ impl ChatRequest {
             .count()
     }
 
-    /// The JSON body for `model`.
+    /// The JSON body for `model`, as a value (what [`ChatRequest::body_bytes`] sends).
     #[must_use]
     pub fn body(&self, model: &str) -> Value {
-        let messages: Vec<Value> = self
-            .messages
-            .iter()
-            .map(|m| {
-                let role = match m.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                let content: Value = match m.parts.as_slice() {
-                    [Part::Text(text)] => json!(text),
-                    parts => Value::Array(
-                        parts
-                            .iter()
-                            .map(|p| match p {
-                                Part::Text(text) => json!({"type": "text", "text": text}),
-                                Part::Image { bytes, mime } => {
-                                    let data = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
-                                    json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}})
-                                }
-                                Part::LocalImage(path) => json!({"type": "image_url", "image_url": {"url": format!("file://{}", path.display())}}),
-                            })
-                            .collect(),
-                    ),
-                };
-                json!({"role": role, "content": content})
-            })
-            .collect();
-        let mut body = json!({"model": model, "messages": messages, "stream": false});
-        let mut set = |key: &str, value: Value| {
-            body[key] = value;
+        serde_json::to_value(self.wire(model)).unwrap_or(Value::Null)
+    }
+
+    /// The JSON body for `model`, serialized straight from the request (no intermediate
+    /// JSON value, no copy of the schema; an image is base64-encoded once, into its URL).
+    #[must_use]
+    pub fn body_bytes(&self, model: &str) -> Vec<u8> {
+        serde_json::to_vec(&self.wire(model)).unwrap_or_default()
+    }
+
+    fn wire<'a>(&'a self, model: &'a str) -> WireBody<'a> {
+        let (response_format, structured_outputs) = match (&self.schema, self.schema_style) {
+            (None, _) => (None, None),
+            (Some((name, schema)), SchemaStyle::ResponseFormat) => (
+                Some(WireResponseFormat {
+                    kind: "json_schema",
+                    json_schema: WireJsonSchema {
+                        name,
+                        schema,
+                        strict: true,
+                    },
+                }),
+                None,
+            ),
+            (Some((_, schema)), SchemaStyle::StructuredOutputs) => {
+                (None, Some(WireStructured { json: schema }))
+            }
         };
-        if let Some((name, schema)) = &self.schema {
-            match self.schema_style {
-                SchemaStyle::ResponseFormat => set(
-                    "response_format",
-                    json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}}),
-                ),
-                SchemaStyle::StructuredOutputs => {
-                    set("structured_outputs", json!({"json": schema}));
-                }
+        WireBody {
+            model,
+            messages: self.messages.iter().map(WireMessage).collect(),
+            stream: false,
+            response_format,
+            structured_outputs,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            presence_penalty: self.presence_penalty,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            chat_template_kwargs: self.thinking.map(|v| WireThinking { enable_thinking: v }),
+        }
+    }
+}
+
+/// A chat body as sent: borrowed from the request.
+#[derive(serde::Serialize)]
+struct WireBody<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<WireResponseFormat<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    structured_outputs: Option<WireStructured<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repetition_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat_template_kwargs: Option<WireThinking>,
+}
+
+#[derive(serde::Serialize)]
+struct WireResponseFormat<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    json_schema: WireJsonSchema<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct WireJsonSchema<'a> {
+    name: &'a str,
+    schema: &'a Value,
+    strict: bool,
+}
+
+#[derive(serde::Serialize)]
+struct WireStructured<'a> {
+    json: &'a Value,
+}
+
+#[derive(serde::Serialize)]
+struct WireThinking {
+    enable_thinking: bool,
+}
+
+/// `{"role": .., "content": ..}`: one text part is sent as a string, anything else as parts.
+struct WireMessage<'a>(&'a Message);
+
+impl serde::Serialize for WireMessage<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let role = match self.0.role {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("role", role)?;
+        match self.0.parts.as_slice() {
+            [Part::Text(text)] => map.serialize_entry("content", text)?,
+            parts => {
+                let parts: Vec<WirePart<'_>> = parts.iter().map(WirePart).collect();
+                map.serialize_entry("content", &parts)?;
             }
         }
-        if let Some(v) = self.temperature {
-            set("temperature", json!(v));
+        map.end()
+    }
+}
+
+/// A content part: `{"type": "text", ..}` or `{"type": "image_url", ..}`.
+struct WirePart<'a>(&'a Part);
+
+impl serde::Serialize for WirePart<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        #[derive(serde::Serialize)]
+        struct Url {
+            url: String,
         }
-        if let Some(v) = self.top_p {
-            set("top_p", json!(v));
+        let mut map = serializer.serialize_map(Some(2))?;
+        match self.0 {
+            Part::Text(text) => {
+                map.serialize_entry("type", "text")?;
+                map.serialize_entry("text", text)?;
+            }
+            Part::Image { bytes, mime } => {
+                let mut url = String::with_capacity(mime.len() + 13 + bytes.len().div_ceil(3) * 4);
+                url.push_str("data:");
+                url.push_str(mime);
+                url.push_str(";base64,");
+                base64::engine::general_purpose::STANDARD.encode_string(bytes.as_slice(), &mut url);
+                map.serialize_entry("type", "image_url")?;
+                map.serialize_entry("image_url", &Url { url })?;
+            }
+            Part::LocalImage(path) => {
+                map.serialize_entry("type", "image_url")?;
+                map.serialize_entry(
+                    "image_url",
+                    &Url {
+                        url: format!("file://{}", path.display()),
+                    },
+                )?;
+            }
         }
-        if let Some(v) = self.max_tokens {
-            set("max_tokens", json!(v));
-        }
-        if let Some(v) = self.presence_penalty {
-            set("presence_penalty", json!(v));
-        }
-        if let Some(v) = self.repetition_penalty {
-            set("repetition_penalty", json!(v));
-        }
-        if let Some(v) = self.seed {
-            set("seed", json!(v));
-        }
-        if let Some(v) = self.thinking {
-            set("chat_template_kwargs", json!({"enable_thinking": v}));
-        }
-        body
+        map.end()
     }
 }
 
@@ -200,9 +290,7 @@ impl Endpoint {
     /// [`ModelError`] with the class of the last failure; [`ErrorKind::Decode`] when the reply
     /// is not a chat completion.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatReply, ModelError> {
-        let body = bytes::Bytes::from(
-            serde_json::to_vec(&request.body(&self.config.model)).unwrap_or_default(),
-        );
+        let body = bytes::Bytes::from(request.body_bytes(&self.config.model));
         let estimate = u64::try_from(body.len() / 4).unwrap_or(u64::MAX);
         let raw = self
             .send(
@@ -255,5 +343,130 @@ impl Endpoint {
             latency: raw.latency,
             attempts: raw.attempts,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body as it was built before the wire form: a `json!` value per field.
+    fn body_by_value(request: &ChatRequest, model: &str) -> Value {
+        let messages: Vec<Value> = request
+            .messages
+            .iter()
+            .map(|m| {
+                let role = match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                let content = match m.parts.as_slice() {
+                    [Part::Text(text)] => json!(text),
+                    parts => Value::Array(
+                        parts
+                            .iter()
+                            .map(|p| match p {
+                                Part::Text(text) => json!({"type": "text", "text": text}),
+                                Part::Image { bytes, mime } => {
+                                    let data = base64::engine::general_purpose::STANDARD
+                                        .encode(bytes.as_slice());
+                                    json!({"type": "image_url", "image_url": {"url": format!("data:{mime};base64,{data}")}})
+                                }
+                                Part::LocalImage(path) => json!({"type": "image_url", "image_url": {"url": format!("file://{}", path.display())}}),
+                            })
+                            .collect(),
+                    ),
+                };
+                json!({"role": role, "content": content})
+            })
+            .collect();
+        let mut body = json!({"model": model, "messages": messages, "stream": false});
+        if let Some((name, schema)) = &request.schema {
+            match request.schema_style {
+                SchemaStyle::ResponseFormat => {
+                    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": true}});
+                }
+                SchemaStyle::StructuredOutputs => {
+                    body["structured_outputs"] = json!({"json": schema});
+                }
+            }
+        }
+        for (key, value) in [
+            ("temperature", request.temperature.map(|v| json!(v))),
+            ("top_p", request.top_p.map(|v| json!(v))),
+            ("max_tokens", request.max_tokens.map(|v| json!(v))),
+            (
+                "presence_penalty",
+                request.presence_penalty.map(|v| json!(v)),
+            ),
+            (
+                "repetition_penalty",
+                request.repetition_penalty.map(|v| json!(v)),
+            ),
+            ("seed", request.seed.map(|v| json!(v))),
+            (
+                "chat_template_kwargs",
+                request.thinking.map(|v| json!({"enable_thinking": v})),
+            ),
+        ] {
+            if let Some(value) = value {
+                body[key] = value;
+            }
+        }
+        body
+    }
+
+    fn full_request(style: SchemaStyle) -> ChatRequest {
+        ChatRequest {
+            messages: vec![
+                Message::text(Role::System, "Be \"precise\".\n"),
+                Message {
+                    role: Role::User,
+                    parts: vec![
+                        Part::Text("Look: é ✓".into()),
+                        Part::Image {
+                            bytes: Arc::new((0..=255u8).collect()),
+                            mime: "image/png".into(),
+                        },
+                        Part::LocalImage(PathBuf::from("/data/a b.jpg")),
+                    ],
+                },
+                Message::text(Role::Assistant, "{}"),
+            ],
+            schema: Some((
+                "instruction".into(),
+                json!({"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}),
+            )),
+            schema_style: style,
+            temperature: Some(0.7),
+            top_p: Some(0.9),
+            max_tokens: Some(512),
+            presence_penalty: Some(0.1),
+            repetition_penalty: Some(1.05),
+            seed: Some(u64::MAX),
+            thinking: Some(false),
+        }
+    }
+
+    #[test]
+    fn the_wire_body_is_the_json_the_value_form_was() {
+        for style in [SchemaStyle::ResponseFormat, SchemaStyle::StructuredOutputs] {
+            let request = full_request(style);
+            let sent: Value = serde_json::from_slice(&request.body_bytes("m")).unwrap();
+            assert_eq!(sent, body_by_value(&request, "m"), "{style:?}");
+            assert_eq!(request.body("m"), sent);
+        }
+        // Nothing optional set: only model, messages and stream.
+        let bare = ChatRequest {
+            messages: vec![Message::text(Role::User, "hi")],
+            ..ChatRequest::default()
+        };
+        let sent: Value = serde_json::from_slice(&bare.body_bytes("m")).unwrap();
+        assert_eq!(sent, body_by_value(&bare, "m"));
+        assert_eq!(
+            sent,
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": false})
+        );
     }
 }
