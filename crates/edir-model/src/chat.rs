@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::endpoint::Endpoint;
 use crate::error::{ErrorKind, ModelError};
@@ -349,6 +349,7 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The body as it was built before the wire form: a `json!` value per field.
     fn body_by_value(request: &ChatRequest, model: &str) -> Value {
