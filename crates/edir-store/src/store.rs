@@ -94,7 +94,7 @@ impl Store {
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             conn.execute("PRAGMA temp_store = MEMORY").await?;
-                            conn.execute("PRAGMA cache_size = -65536").await?;
+                            conn.execute("PRAGMA cache_size = -16384").await?;
                             Ok(())
                         })
                     })

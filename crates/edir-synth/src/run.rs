@@ -22,6 +22,9 @@ use crate::{EXIT_ERROR, EXIT_FAILED_SAMPLES, EXIT_INTERRUPTED, EXIT_OK};
 /// Request timeout under `--sim`, seconds.
 const SIM_TIMEOUT_S: f64 = 30.0;
 
+/// The most threads the run's blocking pool starts (see `run`).
+const BLOCKING_THREADS: usize = 16;
+
 /// Reads an environment variable (or what stands in for one under `--sim`).
 type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -78,8 +81,14 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
         .map_or(0, |d| d.as_millis());
     let log = workdir.join("logs").join(format!("run-{stamp}.jsonl"));
     output::log_to(&log).with_context(|| format!("cannot open the log `{}`", log.display()))?;
+    // The blocking pool runs filters, large artifact writes, pack syncs and the simulator's
+    // large renders. Tokio's default lets it grow to 512 threads: on a busy machine queued
+    // filters each started a thread (155 in a 100,000-sample run), and every thread's
+    // allocator heap kept pages (peak RSS 324 MiB there). The work is CPU or disk bound, so
+    // more threads than a few per core only queue in the kernel instead of in tokio.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(run_async(args, Arc::new(pipeline), workdir, url))
