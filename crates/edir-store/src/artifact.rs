@@ -58,6 +58,9 @@ struct Inner {
     written: AtomicU64,
     /// How many of them a finished [`ArtifactStore::sync`] made durable.
     synced: Mutex<u64>,
+    /// A pack given up after a failed write could not be synced either: its earlier records
+    /// may not be durable, so every later sync fails too.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 /// The index's key: the first 128 bits of the hash (a collision among a run's millions of
@@ -257,8 +260,15 @@ impl ArtifactStore {
         };
         let offset = writer.len;
         if let Err(source) = writer.file.write_all(&record) {
-            // A torn record may end this pack now: the next put starts another.
+            // A torn record may end this pack now: the next put starts another. The records
+            // before it were stored and must still become durable: sync them now, since later
+            // syncs only see the new pack.
             let path = self.pack_path(writer.pack);
+            if let Err(e) = Self::sync_writer(writer, &self.packs_dir()) {
+                self.inner.lost.store(true, Ordering::Release);
+                *slot = None;
+                return Err(e);
+            }
             *slot = None;
             return Err(StoreError::Io { path, source });
         }
@@ -347,21 +357,22 @@ impl ArtifactStore {
         if !writer.dirty {
             return Ok(());
         }
-        writer.file.sync_data().map_err(|source| StoreError::Io {
+        Self::sync_file(&writer.file, writer.created, dir)?;
+        writer.created = false;
+        writer.dirty = false;
+        Ok(())
+    }
+
+    /// fdatasync of a pack, and of the folder when the pack is new (its name too).
+    fn sync_file(file: &File, created: bool, dir: &Path) -> Result<(), StoreError> {
+        let failed = |source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
-        })?;
-        if writer.created {
-            // The new pack's name too.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| StoreError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            writer.created = false;
+        };
+        file.sync_data().map_err(failed)?;
+        if created {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
         }
-        writer.dirty = false;
         Ok(())
     }
 
@@ -377,18 +388,53 @@ impl ArtifactStore {
             .synced
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.inner.lost.load(Ordering::Acquire) {
+            return Err(StoreError::Io {
+                path: self.packs_dir(),
+                source: std::io::Error::other(
+                    "a pack could not be synced after a failed write: artifacts may be lost",
+                ),
+            });
+        }
         if *synced >= target {
             return Ok(());
         }
-        let mut slot = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(writer) = slot.as_mut() {
-            Self::sync_writer(writer, &self.packs_dir())?;
+        // Only a handle is taken under the writer's lock, so puts (some on async threads) go
+        // on while the disk syncs: records appended meanwhile mark the pack dirty again and
+        // are counted for the next sync.
+        let taken = {
+            let mut slot = self
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match slot.as_mut() {
+                Some(writer) if writer.dirty => {
+                    let file = writer.file.try_clone().map_err(|source| StoreError::Io {
+                        path: self.packs_dir(),
+                        source,
+                    })?;
+                    writer.dirty = false;
+                    Some((file, std::mem::take(&mut writer.created), writer.pack))
+                }
+                _ => None,
+            }
+        };
+        if let Some((file, created, pack)) = taken
+            && let Err(e) = Self::sync_file(&file, created, &self.packs_dir())
+        {
+            // Still owed: the next sync tries again.
+            let mut slot = self
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(writer) = slot.as_mut().filter(|w| w.pack == pack) {
+                writer.dirty = true;
+                writer.created |= created;
+            }
+            return Err(e);
         }
-        drop(slot);
         *synced = target;
         Ok(())
     }
@@ -608,6 +654,45 @@ mod tests {
         assert!(!store.unsynced() && !copy.unsynced());
         store.put(b"a").unwrap();
         assert!(!store.unsynced(), "the same bytes again write nothing");
+    }
+
+    #[test]
+    fn puts_go_on_while_a_sync_runs_and_the_last_sync_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let hashes: Vec<ArtifactHash> = std::thread::scope(|scope| {
+            let syncer = store.clone();
+            let syncing = scope.spawn(move || {
+                for _ in 0..50 {
+                    syncer.sync().unwrap();
+                }
+            });
+            let putters: Vec<_> = (0..4u8)
+                .map(|t| {
+                    let putter = store.clone();
+                    scope.spawn(move || {
+                        (0..200u32)
+                            .map(|i| putter.put(&[&[t], &i.to_le_bytes()[..]].concat()).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            syncing.join().unwrap();
+            putters
+                .into_iter()
+                .flat_map(|p| p.join().unwrap())
+                .collect()
+        });
+        store.sync().unwrap();
+        assert!(!store.unsynced());
+        let reopened = ArtifactStore::open(dir.path()).unwrap();
+        assert_eq!(hashes.len(), 800);
+        for hash in &hashes {
+            assert_eq!(
+                blake3::hash(&reopened.get(hash).unwrap()).to_hex().as_str(),
+                hash.as_str()
+            );
+        }
     }
 
     fn pack_files(store: &ArtifactStore) -> Vec<PathBuf> {
