@@ -269,16 +269,36 @@ impl Lcg {
 
 /// Kills `run` with SIGKILL at 20 seeded moments, then lets it finish: the result equals an
 /// uninterrupted run's byte for byte (sample ids aside) and the store's invariants hold.
+///
+/// The moments are scaled to this machine: fixed ones (40 to 700 ms) stopped landing in the
+/// run once the engine got faster, since a few killed runs already finished the work. The
+/// clean run's time `T` and a second, nothing-to-do run's time `T0` (start, open, export,
+/// exit) place each kill between 0.8 `T0` and `T0` plus a twentieth of the work's time, so
+/// the 20 killed runs together do about half the work, and most kills land in it.
 fn kill_9_at_seeded_moments(reference: &Place, killed: &Place) {
     const QUOTA: u32 = 8;
+    let timed = Instant::now();
     let clean = edir_synth(&reference.run_args(&full(), QUOTA, &[], &[]));
+    let whole = timed.elapsed();
     assert_eq!(clean.status.code(), Some(0), "{}", text(&clean.stderr));
+    let timed = Instant::now();
+    let idle = edir_synth(&reference.run_args(&full(), QUOTA, &[], &[]));
+    let startup = timed.elapsed();
+    assert_eq!(idle.status.code(), Some(0), "{}", text(&idle.stderr));
+    let work = whole
+        .saturating_sub(startup)
+        .max(Duration::from_millis(100));
+    let (lo, hi) = (
+        startup.as_millis() as u64 * 4 / 5,
+        (startup + work / 20).as_millis() as u64,
+    );
+    eprintln!("kill -9: clean run {whole:?}, nothing to do {startup:?}: kills at {lo}..{hi} ms");
 
     let mut rng = Lcg(2026);
     let mut hit = 0;
     let started = Instant::now();
     for _ in 0..20 {
-        let wait = Duration::from_millis(rng.next_in(40, 700));
+        let wait = Duration::from_millis(rng.next_in(lo, hi));
         let mut child = Command::new(env!("CARGO_BIN_EXE_edir-synth"))
             .args(killed.run_args(&full(), QUOTA, &[], &[]))
             .current_dir(repo())
@@ -296,6 +316,23 @@ fn kill_9_at_seeded_moments(reference: &Place, killed: &Place) {
     }
     eprintln!("kill -9: {hit} of 20 kills hit a running process");
     assert!(hit >= 10, "only {hit} of 20 kills hit a running process");
+    // The kills landed in the work, not only in start-up: some of it was checkpointed, not all.
+    let done = |place: &Place| {
+        place.store(async |store, run| {
+            let counts = store.task_counts(&run.id).await.unwrap();
+            counts
+                .iter()
+                .filter(|c| c.state == edir_store::TaskState::Done)
+                .map(|c| c.count)
+                .sum::<i64>()
+        })
+    };
+    let (so_far, all) = (done(killed), done(reference));
+    eprintln!("kill -9: {so_far} of {all} tasks done when the kills ended");
+    assert!(
+        so_far > 0 && so_far < all,
+        "{so_far} of {all} tasks done: the kills missed the work"
+    );
     let last = edir_synth(&killed.run_args(&full(), QUOTA, &[], &[]));
     assert_eq!(last.status.code(), Some(0), "{}", text(&last.stderr));
     assert_eq!(
