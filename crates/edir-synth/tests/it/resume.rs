@@ -288,10 +288,8 @@ fn kill_9_at_seeded_moments(reference: &Place, killed: &Place) {
     let work = whole
         .saturating_sub(startup)
         .max(Duration::from_millis(100));
-    let (lo, hi) = (
-        startup.as_millis() as u64 * 4 / 5,
-        (startup + work / 20).as_millis() as u64,
-    );
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (lo, hi) = (ms(startup) * 4 / 5, ms(startup + work / 20));
     eprintln!("kill -9: clean run {whole:?}, nothing to do {startup:?}: kills at {lo}..{hi} ms");
 
     let mut rng = Lcg(2026);
