@@ -21,8 +21,8 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::StoreError;
 use crate::error::query;
@@ -60,7 +60,7 @@ struct Inner {
     synced: Mutex<u64>,
     /// A pack given up after a failed write could not be synced either: its earlier records
     /// may not be durable, so every later sync fails too.
-    lost: std::sync::atomic::AtomicBool,
+    lost: AtomicBool,
 }
 
 /// The index's key: the first 128 bits of the hash (a collision among a run's millions of
@@ -244,11 +244,7 @@ impl ArtifactStore {
         record.extend_from_slice(digest.as_bytes());
         record.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         record.extend_from_slice(bytes);
-        let mut slot = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.writer();
         if slot.as_ref().is_none_or(|w| w.len >= PACK_ROLL) {
             if let Some(mut full) = slot.take() {
                 Self::sync_writer(&mut full, &self.packs_dir())?;
@@ -262,12 +258,11 @@ impl ArtifactStore {
         if let Err(source) = writer.file.write_all(&record) {
             // A torn record may end this pack now: the next put starts another. The records
             // before it were stored and must still become durable: sync them now, since later
-            // syncs only see the new pack.
+            // syncs only see the new pack (if that fails too, they report it; the put reports
+            // the write).
             let path = self.pack_path(writer.pack);
-            if let Err(e) = Self::sync_writer(writer, &self.packs_dir()) {
+            if Self::sync_writer(writer, &self.packs_dir()).is_err() {
                 self.inner.lost.store(true, Ordering::Release);
-                *slot = None;
-                return Err(e);
             }
             *slot = None;
             return Err(StoreError::Io { path, source });
@@ -291,6 +286,13 @@ impl ArtifactStore {
             );
         self.inner.written.fetch_add(1, Ordering::Release);
         Ok(hash)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Option<Writer>> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn pack_path(&self, number: u16) -> PathBuf {
@@ -403,11 +405,7 @@ impl ArtifactStore {
         // on while the disk syncs: records appended meanwhile mark the pack dirty again and
         // are counted for the next sync.
         let taken = {
-            let mut slot = self
-                .inner
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut slot = self.writer();
             match slot.as_mut() {
                 Some(writer) if writer.dirty => {
                     let file = writer.file.try_clone().map_err(|source| StoreError::Io {
@@ -424,11 +422,7 @@ impl ArtifactStore {
             && let Err(e) = Self::sync_file(&file, created, &self.packs_dir())
         {
             // Still owed: the next sync tries again.
-            let mut slot = self
-                .inner
-                .writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut slot = self.writer();
             if let Some(writer) = slot.as_mut().filter(|w| w.pack == pack) {
                 writer.dirty = true;
                 writer.created |= created;
